@@ -1,0 +1,351 @@
+"""tiny-diffusion: a denoising diffusion probabilistic model (Ho et al. 2020) on 2D points.
+
+It reads top to bottom like the paper: noise schedule -> forward process q(x_t | x_0)
+-> denoiser -> training loss -> reverse steps (DDPM, DDIM) -> training loop -> CLI.
+
+Timesteps are 0-based in code: t = 0..T-1 here is the paper's t = 1..T.
+
+    python ddpm.py --dataset dino
+"""
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+import datasets
+import evaluate
+import plots
+from positional_embeddings import INPUT_EMBEDDINGS, TIME_EMBEDDINGS, make_embedding
+
+PROJECT_DIR = Path(__file__).resolve().parent
+
+# ----------------------------------------------------------------------------- 1. Noise schedule
+# A schedule gives the variances beta_t of the T forward steps. What matters is where it
+# ends: sampling starts from x_T ~ N(0, I), so alpha_bar_T = prod(1 - beta_t) must be ~0.
+MAX_BETA = 0.999  # Nichol & Dhariwal 2021, sec. 3.2: clip so no step destroys all signal at once
+
+
+def linear_betas(T: int) -> torch.Tensor:
+    # Ho et al.'s 1e-4..0.02 were tuned for T = 1000; scaling by 1000/T keeps alpha_bar_T ~ 0
+    # for any T (as in Nichol & Dhariwal 2021's code).
+    scale = 1000 / T
+    return torch.linspace(scale * 1e-4, scale * 0.02, T, dtype=torch.float64).clamp(max=MAX_BETA)
+
+
+def quadratic_betas(T: int) -> torch.Tensor:
+    scale = 1000 / T
+    root = torch.linspace(math.sqrt(scale * 1e-4), math.sqrt(scale * 0.02), T, dtype=torch.float64)
+    return (root**2).clamp(max=MAX_BETA)
+
+
+def _betas_from_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
+    # alpha_bar sampled at t = 0, 1, ..., T (alpha_bar[0] = 1); beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=MAX_BETA)
+
+
+def cosine_betas(T: int, s: float = 0.008) -> torch.Tensor:
+    # Nichol & Dhariwal 2021, eq. 17: alpha_bar_t = f(t) / f(0), f(t) = cos((t/T + s) / (1 + s) * pi/2)^2
+    f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
+    return _betas_from_alpha_bar(f / f[0])
+
+
+def sigmoid_betas(T: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0) -> torch.Tensor:
+    # The sigmoid alpha_bar of Jabri et al. 2022 (Chen 2023, "On the importance of noise
+    # scheduling", Alg. 1): alpha_bar_t = (s(end) - s(start + (end - start) t/T)) / (s(end) - s(start)).
+    v = torch.sigmoid((start + (end - start) * torch.arange(T + 1, dtype=torch.float64) / T) / tau)
+    return _betas_from_alpha_bar((v[-1] - v) / (v[-1] - v[0]))
+
+
+BETA_SCHEDULES = {"linear": linear_betas, "quadratic": quadratic_betas, "cosine": cosine_betas, "sigmoid": sigmoid_betas}
+
+
+class NoiseSchedule:
+    """The per-timestep constants of Ho et al. 2020, as (T,) float32 tensors."""
+
+    def __init__(self, betas: torch.Tensor):
+        betas = betas.double()  # products of many (1 - beta) lose precision in float32
+        alphas = 1 - betas
+        alphas_cumprod = torch.cumprod(alphas, dim=0)  # alpha_bar_t, Ho et al. 2020, eq. 4
+        self.num_timesteps = len(betas)
+        self.betas, self.alphas, self.alphas_cumprod = betas.float(), alphas.float(), alphas_cumprod.float()
+        self.sqrt_alphas_cumprod = alphas_cumprod.sqrt().float()
+        self.sqrt_one_minus_alphas_cumprod = (1 - alphas_cumprod).sqrt().float()
+
+    @classmethod
+    def named(cls, name: str, num_timesteps: int) -> "NoiseSchedule":
+        return cls(BETA_SCHEDULES[name](num_timesteps))
+
+    def to(self, device) -> "NoiseSchedule":
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value.to(device))
+        return self
+
+    # ------------------------------------------------------------------------- 2. Forward process
+    def add_noise(self, x_0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # Ho et al. 2020, eq. 4: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
+        return self.sqrt_alphas_cumprod[t, None] * x_0 + self.sqrt_one_minus_alphas_cumprod[t, None] * eps
+
+
+# ----------------------------------------------------------------------------- 3. Denoiser
+class Block(nn.Module):
+    def __init__(self, size: int):
+        super().__init__()
+        self.linear = nn.Linear(size, size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + F.gelu(self.linear(x))
+
+
+class MLP(nn.Module):
+    """eps_theta(x_t, t): x and y each get a sinusoidal embedding (scale 25), then the timestep's."""
+
+    def __init__(self, hidden_size=128, hidden_layers=3, embedding_size=128, time_embedding="sinusoidal", input_embedding="sinusoidal"):
+        super().__init__()
+        self.embed_x = make_embedding(input_embedding, embedding_size, scale=25.0)
+        self.embed_y = make_embedding(input_embedding, embedding_size, scale=25.0)
+        self.embed_t = make_embedding(time_embedding, embedding_size)
+        in_size = self.embed_x.out_dim + self.embed_y.out_dim + self.embed_t.out_dim
+        layers = [nn.Linear(in_size, hidden_size), nn.GELU()]
+        layers += [Block(hidden_size) for _ in range(hidden_layers)]
+        layers += [nn.Linear(hidden_size, 2)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        features = torch.cat((self.embed_x(x_t[:, 0]), self.embed_y(x_t[:, 1]), self.embed_t(t)), dim=-1)  # (B, in_size)
+        return self.net(features)  # (B, 2): the predicted eps
+
+
+# ----------------------------------------------------------------------------- 4. Training loss
+def loss_fn(model: nn.Module, schedule: NoiseSchedule, x_0: torch.Tensor) -> torch.Tensor:
+    eps = torch.randn_like(x_0)
+    t = torch.randint(0, schedule.num_timesteps, (len(x_0),), device=x_0.device)
+    x_t = schedule.add_noise(x_0, eps, t)
+    return F.mse_loss(model(x_t, t), eps)  # Ho et al. 2020, eq. 14: L_simple
+
+
+# ----------------------------------------------------------------------------- 5. Reverse process
+# Each step goes from timestep t to an earlier one, t_prev: the next timestep in training,
+# or a jump when sampling with fewer steps. It needs only alpha_bar at both ends
+# (alpha_bar_prev = 1 at the end of the chain).
+def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor) -> torch.Tensor:
+    # Ho et al. 2020, eq. 15: eq. 4 solved for x_0
+    return (x_t - (1 - alpha_bar_t).sqrt() * eps) / alpha_bar_t.sqrt()
+
+
+def posterior(x_0: torch.Tensor, x_t: torch.Tensor, alpha_bar_t: torch.Tensor, alpha_bar_prev: torch.Tensor):
+    """Mean and variance of q(x_prev | x_t, x_0), Ho et al. 2020, eqs. 6-7."""
+    beta_t = 1 - alpha_bar_t / alpha_bar_prev  # one step's beta, or a whole jump's (Nichol & Dhariwal 2021, sec. 4)
+    mean = (alpha_bar_prev.sqrt() * beta_t / (1 - alpha_bar_t)) * x_0 + ((1 - beta_t).sqrt() * (1 - alpha_bar_prev) / (1 - alpha_bar_t)) * x_t
+    variance = (1 - alpha_bar_prev) / (1 - alpha_bar_t) * beta_t  # beta-tilde, eq. 7
+    return mean, variance
+
+
+def clip_x0(x_0: torch.Tensor, clip_range: torch.Tensor | None) -> torch.Tensor:
+    # At high noise eq. 15 divides by a tiny sqrt(alpha_bar_t), so a small error in eps
+    # throws x_0 far outside the data; clipping to the data's box (2, 2) keeps each step sane.
+    return x_0 if clip_range is None else x_0.clamp(clip_range[0], clip_range[1])
+
+
+def ddpm_step(x_t, eps, alpha_bar_t, alpha_bar_prev, z, clip_range=None):
+    """Ancestral sampling: x_prev ~ N(posterior mean, beta-tilde) (Ho et al. 2020, Alg. 2, via eqs. 15 and 7)."""
+    x_0 = clip_x0(predict_x0(x_t, eps, alpha_bar_t), clip_range)
+    mean, variance = posterior(x_0, x_t, alpha_bar_t, alpha_bar_prev)
+    return mean + variance.sqrt() * z
+
+
+def ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev, z, eta=0.0, clip_range=None):
+    """Song et al. 2021, eq. 12; eta = 0 is deterministic, eta = 1 is the DDPM posterior."""
+    x_0 = clip_x0(predict_x0(x_t, eps, alpha_bar_t), clip_range)
+    eps = (x_t - alpha_bar_t.sqrt() * x_0) / (1 - alpha_bar_t).sqrt()  # the eps consistent with the clipped x_0
+    sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)).sqrt()  # eq. 16
+    return alpha_bar_prev.sqrt() * x_0 + (1 - alpha_bar_prev - sigma**2).sqrt() * eps + sigma * z
+
+
+def inference_timesteps(num_timesteps: int, num_inference_steps: int | None = None) -> list[int]:
+    """Evenly spaced timesteps from T-1 down to 0; all of them by default."""
+    steps = num_inference_steps or num_timesteps
+    return torch.linspace(num_timesteps - 1, 0, steps, dtype=torch.float64).round().long().tolist()
+
+
+@torch.inference_mode()
+def sample(model, schedule, n, generator, sampler="ddpm", num_inference_steps=None, eta=0.0, clip_range=None):
+    """Draw n points: start from x_T ~ N(0, I) and apply the reverse step down to x_0. Returns (n, 2)."""
+    device = schedule.alphas_cumprod.device
+    timesteps = inference_timesteps(schedule.num_timesteps, num_inference_steps)
+    x_t = torch.randn(n, 2, generator=generator, device=device)
+    one = torch.ones((), device=device)
+    for t, t_prev in zip(timesteps, timesteps[1:] + [-1]):
+        eps = model(x_t, torch.full((n,), t, device=device))
+        alpha_bar_t = schedule.alphas_cumprod[t]
+        alpha_bar_prev = schedule.alphas_cumprod[t_prev] if t_prev >= 0 else one
+        z = torch.randn(n, 2, generator=generator, device=device)
+        if sampler == "ddpm":
+            x_t = ddpm_step(x_t, eps, alpha_bar_t, alpha_bar_prev, z, clip_range)
+        else:
+            x_t = ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev, z, eta, clip_range)
+    return x_t
+
+
+# ----------------------------------------------------------------------------- 6. Training loop
+MODEL_FIELDS = ("dataset", "num_timesteps", "beta_schedule", "embedding_size", "hidden_size", "hidden_layers", "time_embedding", "input_embedding")
+
+
+def make_model(config: dict) -> MLP:
+    return MLP(config["hidden_size"], config["hidden_layers"], config["embedding_size"], config["time_embedding"], config["input_embedding"])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def train(config: dict, model, ema, schedule, data, on_frame_epoch) -> torch.Tensor:
+    """AdamW on L_simple, with an EMA of the weights; returns the loss of every step."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"])
+    batches_per_epoch = math.ceil(len(data) / config["train_batch_size"])
+    losses = torch.zeros(config["num_epochs"] * batches_per_epoch, device=data.device)  # filled without a sync per step
+    step = 0
+    with tqdm(total=len(losses), desc=f"training on {config['dataset']}", unit="step", mininterval=0.25, dynamic_ncols=True) as bar:
+        for epoch in range(config["num_epochs"]):
+            model.train()
+            for batch in torch.randperm(len(data), device=data.device).split(config["train_batch_size"]):
+                loss = loss_fn(model, schedule, data[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                ema.update_parameters(model)
+                losses[step] = loss.detach()
+                step += 1
+            bar.set_postfix(loss=f"{losses[step - batches_per_epoch:step].mean().item():.4f}", refresh=False)
+            bar.update(batches_per_epoch)
+            if epoch % config["save_images_step"] == 0 or epoch == config["num_epochs"] - 1:
+                on_frame_epoch(epoch)
+    return losses
+
+
+def run(config: dict) -> dict:
+    """Train (or load) a model, sample frames with its EMA weights, evaluate, and write exps/<name>/."""
+    started = time.perf_counter()
+    device = resolve_device(config["device"])
+    torch.manual_seed(config["seed"])
+    checkpoint = torch.load(config["checkpoint"], map_location=device, weights_only=True) if config["checkpoint"] else None
+    if checkpoint:
+        config.update({field: checkpoint["config"][field] for field in MODEL_FIELDS})
+    data = torch.from_numpy(datasets.get_dataset(config["dataset"], data_dir=config["data_dir"])).to(device)  # (8000, 2)
+    schedule = NoiseSchedule.named(config["beta_schedule"], config["num_timesteps"]).to(device)
+    tqdm.write(f"{config['beta_schedule']} schedule, T = {config['num_timesteps']}: alpha_bar_T = {schedule.alphas_cumprod[-1].item():.2e}")
+    model = make_model(config).to(device)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config["ema_decay"]), use_buffers=True)
+    clip_range = torch.stack((data.min(0).values, data.max(0).values)) if config["clip_x0"] else None  # (2, 2)
+    if checkpoint:
+        model.load_state_dict(checkpoint["model"])
+        ema.module.load_state_dict(checkpoint["ema"])
+        clip_range = checkpoint["clip_range"].to(device) if config["clip_x0"] else None
+
+    frames, frame_epochs, sampling_seconds = [], [], 0.0
+
+    def on_frame_epoch(epoch: int) -> None:
+        nonlocal sampling_seconds
+        tic = time.perf_counter()
+        ema.module.eval()
+        generator = torch.Generator(device).manual_seed(config["seed"])  # same x_T every frame: the animation follows the same points
+        frames.append(sample(ema.module, schedule, config["eval_batch_size"], generator, config["sampler"], config["num_inference_steps"], config["eta"], clip_range).cpu())
+        frame_epochs.append(epoch)
+        sampling_seconds += time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    losses = train(config, model, ema, schedule, data, on_frame_epoch)
+    if config["num_epochs"] == 0:
+        on_frame_epoch(0)
+    train_seconds = time.perf_counter() - tic - sampling_seconds
+
+    tic = time.perf_counter()
+    frames = torch.stack(frames).numpy()  # (frames, N, 2)
+    metrics = evaluate.evaluate(frames[-1], config["dataset"], seed=config["seed"], data_dir=config["data_dir"])
+    eval_seconds = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    out_dir = Path(config["exps_dir"]) / config["experiment_name"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    torch.save({"config": config, "model": model.state_dict(), "ema": ema.module.state_dict(), "clip_range": torch.stack((data.min(0).values, data.max(0).values)).cpu()}, out_dir / "model.pth")
+    np.save(out_dir / "loss.npy", losses.cpu().numpy())
+    np.save(out_dir / "frames.npy", frames)
+    plots.save_frames(frames, frame_epochs, out_dir / "images")
+    write_seconds = time.perf_counter() - tic
+    metrics["seconds"] = {"train": train_seconds, "sampling": sampling_seconds, "evaluate": eval_seconds, "write": write_seconds, "total": time.perf_counter() - started}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    metrics["out_dir"] = str(out_dir)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- 7. Command line
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Train a DDPM on a 2D point cloud, sample it, and score the samples.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--experiment_name", default="base", help="outputs go to <exps_dir>/<experiment_name>/")
+    parser.add_argument("--exps_dir", default=str(PROJECT_DIR / "exps"), help="folder holding all experiments")
+    parser.add_argument("--dataset", default="dino", choices=list(datasets.DATASETS), help="the point cloud to learn")
+    parser.add_argument("--data_dir", default=None, help=f"folder holding {datasets.DATASAURUS_FILE} (or set {datasets.DATA_DIR_ENV}); default: static/, downloaded once")
+    parser.add_argument("--train_batch_size", type=positive_int, default=32, help="points per optimisation step")
+    parser.add_argument("--eval_batch_size", type=positive_int, default=1000, help="points sampled for each frame and for the evaluation")
+    parser.add_argument("--num_epochs", type=int, default=200, help="passes over the 8000 training points (0: sample from --checkpoint)")
+    parser.add_argument("--learning_rate", type=float, default=1e-3, help="AdamW learning rate")
+    parser.add_argument("--num_timesteps", type=positive_int, default=50, help="T, the number of diffusion steps")
+    parser.add_argument("--beta_schedule", default="linear", choices=list(BETA_SCHEDULES), help="how beta_t grows with t")
+    parser.add_argument("--embedding_size", type=positive_int, default=128, help="width of each sinusoidal/learnable embedding")
+    parser.add_argument("--hidden_size", type=positive_int, default=128, help="width of the MLP")
+    parser.add_argument("--hidden_layers", type=positive_int, default=3, help="residual blocks in the MLP")
+    parser.add_argument("--time_embedding", default="sinusoidal", choices=TIME_EMBEDDINGS, help="how the MLP sees t")
+    parser.add_argument("--input_embedding", default="sinusoidal", choices=INPUT_EMBEDDINGS, help="how the MLP sees x and y")
+    parser.add_argument("--ema_decay", type=float, default=0.995, help="decay of the moving average of the weights used for sampling")
+    parser.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim"), help="ancestral DDPM steps, or DDIM steps")
+    parser.add_argument("--num_inference_steps", type=positive_int, default=None, help="sampling steps, a subset of the T timesteps (default: all T)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM's eta: 0 deterministic, 1 as noisy as DDPM")
+    parser.add_argument("--no_clip_x0", dest="clip_x0", action="store_false", help="do not clip the predicted x_0 to the data's range")
+    parser.add_argument("--checkpoint", default=None, help="start from this model.pth (with --num_epochs 0: only sample and evaluate)")
+    parser.add_argument("--save_images_step", type=positive_int, default=10, help="save a frame every this many epochs")
+    parser.add_argument("--seed", type=int, default=0, help="same seed and device give identical samples")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when available")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    config = vars(parser.parse_args(argv))
+    if config["num_epochs"] < 0 or (config["num_epochs"] == 0 and not config["checkpoint"]):
+        parser.error("--num_epochs must be positive (or 0 with --checkpoint)")
+    try:
+        metrics = run(config)
+    except datasets.DatasetError as err:
+        parser.error(str(err))
+    print(f"outputs in {metrics['out_dir']}/: model.pth config.json loss.npy frames.npy images/ metrics.json")
+    print(f"{config['dataset']}: {evaluate.format_metrics(metrics)}  ({metrics['seconds']['total']:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Embeddings that turn a scalar (a coordinate or a timestep) into a feature vector.
+
+Each embedding maps a (B,) tensor to (B, out_dim). The sinusoidal one is the
+Transformer's (Vaswani et al. 2017, sec. 3.5), used by Ho et al. 2020 for timesteps;
+giving it to the x and y coordinates too lets a small MLP fit sharp 2D shapes
+(Tancik et al. 2020, "Fourier features").
+"""
+import math
+
+import torch
+from torch import nn
+
+
+class SinusoidalEmbedding(nn.Module):
+    def __init__(self, size: int, scale: float = 1.0):
+        super().__init__()
+        if size < 4 or size % 2:
+            raise ValueError(f"sinusoidal embedding size must be even and at least 4, got {size}")
+        half = size // 2
+        # Geometric frequencies from 1 down to 1/10000 (Vaswani et al. 2017, sec. 3.5).
+        self.register_buffer("freqs", torch.exp(-math.log(10000.0) * torch.arange(half) / (half - 1)))
+        self.scale = scale
+        self.out_dim = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        angles = (x * self.scale)[:, None] * self.freqs  # (B, size/2)
+        return torch.cat((torch.sin(angles), torch.cos(angles)), dim=-1)  # (B, size)
+
+
+class LinearEmbedding(nn.Module):
+    def __init__(self, size: int, scale: float = 1.0):
+        super().__init__()
+        self.size, self.scale, self.out_dim = size, scale, 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x / self.size * self.scale)[:, None]  # (B, 1)
+
+
+class LearnableEmbedding(nn.Module):
+    def __init__(self, size: int, scale: float = 1.0):
+        super().__init__()
+        self.size, self.out_dim = size, size
+        self.linear = nn.Linear(1, size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x[:, None] / self.size)  # (B, size)
+
+
+class IdentityEmbedding(nn.Module):
+    def __init__(self, size: int, scale: float = 1.0):
+        super().__init__()
+        self.out_dim = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, None]  # (B, 1)
+
+
+class ZeroEmbedding(nn.Module):
+    """Hides the input from the model: the ablation for "does the MLP need to know t?"."""
+
+    def __init__(self, size: int, scale: float = 1.0):
+        super().__init__()
+        self.out_dim = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)[:, None]  # (B, 1)
+
+
+EMBEDDINGS = {
+    "sinusoidal": SinusoidalEmbedding,
+    "linear": LinearEmbedding,
+    "learnable": LearnableEmbedding,
+    "identity": IdentityEmbedding,
+    "zero": ZeroEmbedding,
+}
+TIME_EMBEDDINGS = ("sinusoidal", "learnable", "linear", "zero")
+INPUT_EMBEDDINGS = ("sinusoidal", "learnable", "linear", "identity")
+
+
+def make_embedding(kind: str, size: int, scale: float = 1.0) -> nn.Module:
+    return EMBEDDINGS[kind](size, scale)

@@ -1,0 +1,35 @@
+import math
+
+import pytest
+import torch
+
+import ddpm
+from positional_embeddings import EMBEDDINGS, SinusoidalEmbedding, make_embedding
+
+EXPECTED_WIDTH = {"sinusoidal": 16, "learnable": 16, "linear": 1, "identity": 1, "zero": 1}
+
+
+@pytest.mark.parametrize("kind", list(EMBEDDINGS))
+def test_every_embedding_maps_a_batch_of_scalars_to_its_width(kind):
+    embedding = make_embedding(kind, 16, scale=25.0)
+    out = embedding(torch.randn(7))
+    assert out.shape == (7, EXPECTED_WIDTH[kind]) == (7, embedding.out_dim)
+
+
+def test_sinusoidal_embedding_is_sin_then_cos_of_geometric_frequencies():
+    out = SinusoidalEmbedding(8, scale=2.0)(torch.tensor([0.5]))[0]
+    freqs = [10000 ** (-i / 3) for i in range(4)]
+    expected = [math.sin(1.0 * f) for f in freqs] + [math.cos(1.0 * f) for f in freqs]
+    assert torch.allclose(out, torch.tensor(expected), atol=1e-6)
+
+
+def test_sinusoidal_embedding_refuses_an_odd_size():
+    with pytest.raises(ValueError, match="even"):
+        SinusoidalEmbedding(15)
+
+
+@pytest.mark.parametrize("time_embedding", ["sinusoidal", "learnable", "linear", "zero"])
+@pytest.mark.parametrize("input_embedding", ["sinusoidal", "learnable", "linear", "identity"])
+def test_the_denoiser_predicts_one_eps_per_point(time_embedding, input_embedding):
+    model = ddpm.MLP(hidden_size=32, hidden_layers=2, embedding_size=16, time_embedding=time_embedding, input_embedding=input_embedding)
+    assert model(torch.randn(5, 2), torch.randint(0, 50, (5,))).shape == (5, 2)

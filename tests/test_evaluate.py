@@ -1,0 +1,43 @@
+import itertools
+
+import numpy as np
+import pytest
+
+import evaluate
+
+
+def test_w2_of_a_translated_copy_is_the_length_of_the_shift():
+    # For any pairing the cross term averages to 0, so W2(a, a + v) = |v| exactly.
+    a = np.random.default_rng(0).normal(size=(300, 2))
+    assert evaluate.wasserstein2(a, a + [0.3, -0.4]) == pytest.approx(0.5)
+
+
+def test_w2_is_the_best_of_all_pairings():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(6, 2)), rng.normal(size=(6, 2))
+    brute = min(np.mean(np.sum((a - b[list(p)]) ** 2, axis=1)) for p in itertools.permutations(range(6)))
+    assert evaluate.wasserstein2(a, b) == pytest.approx(np.sqrt(brute))
+
+
+def test_true_draws_score_near_1_and_noise_scores_far_above():
+    rng = np.random.default_rng(2)
+    true = evaluate.evaluate(evaluate.datasets.get_dataset("moons", 1000, seed=3), "moons")
+    noise = evaluate.evaluate(rng.normal(size=(1000, 2)).astype(np.float32), "moons")
+    assert 0.7 < true["w2_ratio"] < 1.4
+    assert noise["w2_ratio"] > 3
+
+
+def test_support_checks_count_points_beyond_the_tolerance():
+    line = np.array([[0.0, 0.0], [2.04, 0.0], [2.2, 0.0], [0.0, -4.5]])
+    assert evaluate.SUPPORT_DISTANCE["line"](line) == pytest.approx([0, 0.04, 0.2, 0.5])
+    circle = np.array([[0.0, 0.0], [0.0, 3.09], [0.0, 3.5], [1.5, 0.0], [0.1, 0.0]])
+    assert evaluate.SUPPORT_DISTANCE["circle"](circle) == pytest.approx([0, 0, 0.41, 1.41, 0.01])
+    metrics = evaluate.evaluate(np.repeat(line, 250, axis=0), "line")
+    assert metrics["off_support_fraction"] == pytest.approx(0.5)
+
+
+def test_the_command_line_scores_a_frame_of_a_frames_file(tmp_path, capsys):
+    frames = np.stack([np.random.default_rng(0).normal(size=(200, 2)), evaluate.datasets.get_dataset("line", 200, seed=5)])
+    np.save(tmp_path / "frames.npy", frames)
+    evaluate.main([str(tmp_path / "frames.npy"), "--dataset", "line"])
+    assert "ratio" in capsys.readouterr().out
