@@ -10,6 +10,9 @@ Timesteps are 0-based in code: t = 0..T-1 here is the paper's t = 1..T.
 import argparse
 import json
 import math
+import os
+import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -198,6 +201,21 @@ def sample(model, schedule, n, generator, sampler="ddpm", num_inference_steps=No
 
 # ----------------------------------------------------------------------------- 6. Training loop
 MODEL_FIELDS = ("dataset", "num_timesteps", "beta_schedule", "embedding_size", "hidden_size", "hidden_layers", "time_embedding", "input_embedding")
+RUN_FIELDS = ("experiment_name", "exps_dir", "data_dir", "device", "checkpoint", "resume", "overwrite")  # where and how, not what, is trained
+OUTPUT_FILES = ("config.json", "model.pth", "loss.npy", "frames.npy", "metrics.json")
+CHECKPOINT_KEYS = {"config", "epoch", "model", "ema", "optimizer", "lr_schedule", "rng", "clip_range", "losses", "frames", "frame_epochs"}
+
+
+# Predicting eps = 0 scores 1; a loss this large (or NaN) means the optimisation has blown up.
+DIVERGED_LOSS = 1e3
+
+
+class UsageError(Exception):
+    """Bad input from the user: the message says what is wrong and how to fix it."""
+
+
+class TrainingError(Exception):
+    """Training stopped early; what was done so far is saved."""
 
 
 def make_model(config: dict) -> MLP:
@@ -207,88 +225,167 @@ def make_model(config: dict) -> MLP:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda, but this machine has no CUDA device: use --device cpu")
     return torch.device(name)
 
 
-def train(config: dict, model, ema, schedule, data, on_frame_epoch) -> torch.Tensor:
-    """AdamW on L_simple, with an EMA of the weights; returns the loss of every step."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"])
-    batches_per_epoch = math.ceil(len(data) / config["train_batch_size"])
-    losses = torch.zeros(config["num_epochs"] * batches_per_epoch, device=data.device)  # filled without a sync per step
-    step = 0
-    with tqdm(total=len(losses), desc=f"training on {config['dataset']}", unit="step", mininterval=0.25, dynamic_ncols=True) as bar:
-        for epoch in range(config["num_epochs"]):
-            model.train()
-            for batch in torch.randperm(len(data), device=data.device).split(config["train_batch_size"]):
-                loss = loss_fn(model, schedule, data[batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                ema.update_parameters(model)
-                losses[step] = loss.detach()
-                step += 1
-            bar.set_postfix(loss=f"{losses[step - batches_per_epoch:step].mean().item():.4f}", refresh=False)
-            bar.update(batches_per_epoch)
-            if epoch % config["save_images_step"] == 0 or epoch == config["num_epochs"] - 1:
-                on_frame_epoch(epoch)
-    return losses
+class StopOnCtrlC:
+    """The first Ctrl-C asks training to stop after the current epoch, so the saved state is whole."""
+
+    requested = False
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("Ctrl-C: stopping after this epoch and saving (press again to quit without saving)")
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
 
 
-def run(config: dict) -> dict:
-    """Train (or load) a model, sample frames with its EMA weights, evaluate, and write exps/<name>/."""
+class Run:
+    """Everything a run needs to continue: model, EMA, optimizer, losses and frames so far."""
+
+    def __init__(self, config: dict, data: torch.Tensor, checkpoint: dict | None = None):
+        self.config, self.data, device = config, data, data.device
+        self.schedule = NoiseSchedule.named(config["beta_schedule"], config["num_timesteps"]).to(device)
+        self.model = make_model(config).to(device)
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config["ema_decay"]), use_buffers=True)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config["learning_rate"])
+        self.batches_per_epoch = math.ceil(len(data) / config["train_batch_size"])
+        total_steps = config["num_epochs"] * self.batches_per_epoch
+        # Cosine decay of the learning rate to 0: the last steps refine instead of jumping around.
+        self.lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(total_steps, 1)) if config["lr_decay"] == "cosine" else None
+        self.losses = torch.full((total_steps,), math.nan, device=device)  # filled without a sync per step
+        self.clip_range = torch.stack((data.min(0).values, data.max(0).values))  # (2, 2): the data's box
+        self.epoch, self.frames, self.frame_epochs = 0, [], []
+        if checkpoint:
+            self.model.load_state_dict(checkpoint["model"])
+            self.ema.load_state_dict(checkpoint["ema"])
+            self.clip_range = checkpoint["clip_range"].to(device)
+        if checkpoint and config["resume"]:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            if self.lr_schedule:
+                self.lr_schedule.load_state_dict(checkpoint["lr_schedule"])
+            torch.set_rng_state(checkpoint["rng"].cpu())
+            self.epoch = checkpoint["epoch"]
+            self.losses[: len(checkpoint["losses"])] = checkpoint["losses"]
+            self.frames, self.frame_epochs = list(checkpoint["frames"].cpu()), list(checkpoint["frame_epochs"])
+
+    def sample_frame(self) -> None:
+        self.ema.module.eval()
+        config = self.config
+        generator = torch.Generator(self.data.device).manual_seed(config["seed"])  # same x_T every frame: the animation follows the same points
+        clip_range = self.clip_range if config["clip_x0"] else None
+        x_0 = sample(self.ema.module, self.schedule, config["eval_batch_size"], generator, config["sampler"], config["num_inference_steps"], config["eta"], clip_range)
+        self.frames.append(x_0.cpu())
+        self.frame_epochs.append(self.epoch)
+
+    def train(self) -> str:
+        """AdamW on L_simple with an EMA of the weights; returns "done", "interrupted" or "diverged"."""
+        config, data, B = self.config, self.data, self.batches_per_epoch
+        bar = tqdm(total=len(self.losses), initial=self.epoch * B, desc=f"training on {config['dataset']}", unit="step", mininterval=0.25, dynamic_ncols=True)
+        with bar, StopOnCtrlC() as ctrl_c:
+            while self.epoch < config["num_epochs"]:
+                self.model.train()
+                step = self.epoch * B
+                for batch in torch.randperm(len(data), device=data.device).split(config["train_batch_size"]):
+                    loss = loss_fn(self.model, self.schedule, data[batch])
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                    self.optimizer.step()
+                    if self.lr_schedule:
+                        self.lr_schedule.step()
+                    self.ema.update_parameters(self.model)
+                    self.losses[step] = loss.detach()
+                    step += 1
+                epoch_loss = self.losses[step - B : step].mean().item()  # one sync per epoch
+                if not epoch_loss <= DIVERGED_LOSS:
+                    return "diverged"
+                bar.set_postfix(loss=f"{epoch_loss:.4f}", refresh=False)
+                bar.update(B)
+                if self.epoch % config["save_images_step"] == 0 or self.epoch == config["num_epochs"] - 1:
+                    self.sample_frame()
+                self.epoch += 1
+                if ctrl_c.requested:
+                    return "interrupted"
+        return "done"
+
+    def checkpoint(self) -> dict:
+        steps = self.epoch * self.batches_per_epoch
+        return {
+            "config": self.config, "epoch": self.epoch, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict() if self.lr_schedule else None,
+            "rng": torch.get_rng_state(), "clip_range": self.clip_range.cpu(), "losses": self.losses[:steps].cpu(),
+            "frames": torch.stack(self.frames) if self.frames else torch.zeros(0, self.config["eval_batch_size"], 2), "frame_epochs": self.frame_epochs,
+        }
+
+
+def write_atomically(path: Path, write) -> None:
+    """write(file) to a temporary file, then rename: a crash never leaves a half-written `path`."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with open(partial, "wb") as file:
+            write(file)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def save_outputs(out_dir: Path, run: Run, losses: torch.Tensor, metrics: dict | None) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frames = torch.stack(run.frames).numpy() if run.frames else np.zeros((0, run.config["eval_batch_size"], 2), np.float32)
+    write_atomically(out_dir / "config.json", lambda f: f.write((json.dumps(run.config, indent=2) + "\n").encode()))
+    write_atomically(out_dir / "loss.npy", lambda f: np.save(f, losses.cpu().numpy()))
+    write_atomically(out_dir / "frames.npy", lambda f: np.save(f, frames))
+    shutil.rmtree(out_dir / "images", ignore_errors=True)
+    if len(frames):
+        plots.save_frames(frames, run.frame_epochs, out_dir / "images")
+    if metrics is not None:
+        write_atomically(out_dir / "model.pth", lambda f: torch.save(run.checkpoint(), f))
+        write_atomically(out_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
+
+
+def run(config: dict, checkpoint: dict | None = None) -> dict:
+    """Train (or continue, or load) a model, sample frames with its EMA weights, evaluate, write exps/<name>/."""
     started = time.perf_counter()
     device = resolve_device(config["device"])
     torch.manual_seed(config["seed"])
-    checkpoint = torch.load(config["checkpoint"], map_location=device, weights_only=True) if config["checkpoint"] else None
-    if checkpoint:
-        config.update({field: checkpoint["config"][field] for field in MODEL_FIELDS})
     data = torch.from_numpy(datasets.get_dataset(config["dataset"], data_dir=config["data_dir"])).to(device)  # (8000, 2)
-    schedule = NoiseSchedule.named(config["beta_schedule"], config["num_timesteps"]).to(device)
-    tqdm.write(f"{config['beta_schedule']} schedule, T = {config['num_timesteps']}: alpha_bar_T = {schedule.alphas_cumprod[-1].item():.2e}")
-    model = make_model(config).to(device)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config["ema_decay"]), use_buffers=True)
-    clip_range = torch.stack((data.min(0).values, data.max(0).values)) if config["clip_x0"] else None  # (2, 2)
-    if checkpoint:
-        model.load_state_dict(checkpoint["model"])
-        ema.module.load_state_dict(checkpoint["ema"])
-        clip_range = checkpoint["clip_range"].to(device) if config["clip_x0"] else None
-
-    frames, frame_epochs, sampling_seconds = [], [], 0.0
-
-    def on_frame_epoch(epoch: int) -> None:
-        nonlocal sampling_seconds
-        tic = time.perf_counter()
-        ema.module.eval()
-        generator = torch.Generator(device).manual_seed(config["seed"])  # same x_T every frame: the animation follows the same points
-        frames.append(sample(ema.module, schedule, config["eval_batch_size"], generator, config["sampler"], config["num_inference_steps"], config["eta"], clip_range).cpu())
-        frame_epochs.append(epoch)
-        sampling_seconds += time.perf_counter() - tic
-
-    tic = time.perf_counter()
-    losses = train(config, model, ema, schedule, data, on_frame_epoch)
-    if config["num_epochs"] == 0:
-        on_frame_epoch(0)
-    train_seconds = time.perf_counter() - tic - sampling_seconds
-
-    tic = time.perf_counter()
-    frames = torch.stack(frames).numpy()  # (frames, N, 2)
-    metrics = evaluate.evaluate(frames[-1], config["dataset"], seed=config["seed"], data_dir=config["data_dir"])
-    eval_seconds = time.perf_counter() - tic
-
-    tic = time.perf_counter()
+    state = Run(config, data, checkpoint)
+    tqdm.write(f"{config['beta_schedule']} schedule, T = {config['num_timesteps']}: alpha_bar_T = {state.schedule.alphas_cumprod[-1].item():.2e}")
     out_dir = Path(config["exps_dir"]) / config["experiment_name"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    torch.save({"config": config, "model": model.state_dict(), "ema": ema.module.state_dict(), "clip_range": torch.stack((data.min(0).values, data.max(0).values)).cpu()}, out_dir / "model.pth")
-    np.save(out_dir / "loss.npy", losses.cpu().numpy())
-    np.save(out_dir / "frames.npy", frames)
-    plots.save_frames(frames, frame_epochs, out_dir / "images")
-    write_seconds = time.perf_counter() - tic
-    metrics["seconds"] = {"train": train_seconds, "sampling": sampling_seconds, "evaluate": eval_seconds, "write": write_seconds, "total": time.perf_counter() - started}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    metrics["out_dir"] = str(out_dir)
-    return metrics
+
+    status = state.train()
+    train_seconds = time.perf_counter() - started
+    if status == "diverged":
+        first_bad = int((~(state.losses <= DIVERGED_LOSS)).nonzero()[0])  # NaN compares False
+        save_outputs(out_dir, state, state.losses[: first_bad + 1], metrics=None)
+        raise TrainingError(
+            f"training diverged: the loss was {state.losses[first_bad].item():.3g} at step {first_bad} (epoch {state.epoch}); "
+            f"try a lower --learning_rate than {config['learning_rate']:g}. Losses and frames so far are in {out_dir}"
+        )
+    if status == "interrupted":
+        save_outputs(out_dir, state, state.losses[: state.epoch * state.batches_per_epoch], metrics={"interrupted_after_epoch": state.epoch})
+        raise KeyboardInterrupt(
+            f"interrupted after epoch {state.epoch} of {config['num_epochs']}; saved in {out_dir}. "
+            f"Continue with: python ddpm.py --experiment_name {config['experiment_name']} --exps_dir {config['exps_dir']} --resume"
+        )
+    if not state.frames:  # --num_epochs 0: only sample the checkpoint
+        state.sample_frame()
+
+    metrics = evaluate.evaluate(state.frames[-1].numpy(), config["dataset"], seed=config["seed"], data_dir=config["data_dir"])
+    save_outputs(out_dir, state, state.losses, metrics)
+    metrics["seconds"] = {"train_and_frames": train_seconds, "total": time.perf_counter() - started}
+    write_atomically(out_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
+    return metrics | {"out_dir": str(out_dir)}
 
 
 # ----------------------------------------------------------------------------- 7. Command line
@@ -297,51 +394,137 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description="Train a DDPM on a 2D point cloud, sample it, and score the samples.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--experiment_name", default="base", help="outputs go to <exps_dir>/<experiment_name>/")
+    parser = ArgumentParser(prog="ddpm.py", description="Train a DDPM on a 2D point cloud, sample it, and score the samples.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--experiment_name", default="base", help="outputs go to <exps_dir>/<experiment_name>/; an existing run is never replaced without --overwrite")
     parser.add_argument("--exps_dir", default=str(PROJECT_DIR / "exps"), help="folder holding all experiments")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted run <experiment_name> where it stopped")
     parser.add_argument("--dataset", default="dino", choices=list(datasets.DATASETS), help="the point cloud to learn")
     parser.add_argument("--data_dir", default=None, help=f"folder holding {datasets.DATASAURUS_FILE} (or set {datasets.DATA_DIR_ENV}); default: static/, downloaded once")
-    parser.add_argument("--train_batch_size", type=positive_int, default=32, help="points per optimisation step")
-    parser.add_argument("--eval_batch_size", type=positive_int, default=1000, help="points sampled for each frame and for the evaluation")
-    parser.add_argument("--num_epochs", type=int, default=200, help="passes over the 8000 training points (0: sample from --checkpoint)")
-    parser.add_argument("--learning_rate", type=float, default=1e-3, help="AdamW learning rate")
-    parser.add_argument("--num_timesteps", type=positive_int, default=50, help="T, the number of diffusion steps")
+    parser.add_argument("--train_batch_size", type=positive(int), default=32, help="points per optimisation step")
+    parser.add_argument("--eval_batch_size", type=positive(int), default=1000, help="points sampled for each frame and for the evaluation")
+    parser.add_argument("--num_epochs", type=int, default=200, help="passes over the 8000 training points (0: only sample --checkpoint)")
+    parser.add_argument("--learning_rate", type=positive(float), default=1e-3, help="AdamW learning rate")
+    parser.add_argument("--lr_decay", default="none", choices=("none", "cosine"), help="learning-rate schedule over the run")
+    parser.add_argument("--num_timesteps", type=positive(int), default=50, help="T, the number of diffusion steps")
     parser.add_argument("--beta_schedule", default="linear", choices=list(BETA_SCHEDULES), help="how beta_t grows with t")
-    parser.add_argument("--embedding_size", type=positive_int, default=128, help="width of each sinusoidal/learnable embedding")
-    parser.add_argument("--hidden_size", type=positive_int, default=128, help="width of the MLP")
-    parser.add_argument("--hidden_layers", type=positive_int, default=3, help="residual blocks in the MLP")
+    parser.add_argument("--embedding_size", type=positive(int), default=128, help="width of each sinusoidal/learnable embedding (even, at least 4, for sinusoidal)")
+    parser.add_argument("--hidden_size", type=positive(int), default=128, help="width of the MLP")
+    parser.add_argument("--hidden_layers", type=positive(int), default=3, help="residual blocks in the MLP")
     parser.add_argument("--time_embedding", default="sinusoidal", choices=TIME_EMBEDDINGS, help="how the MLP sees t")
     parser.add_argument("--input_embedding", default="sinusoidal", choices=INPUT_EMBEDDINGS, help="how the MLP sees x and y")
-    parser.add_argument("--ema_decay", type=float, default=0.995, help="decay of the moving average of the weights used for sampling")
+    parser.add_argument("--ema_decay", type=float, default=0.995, help="decay of the moving average of the weights used for sampling, in [0, 1)")
     parser.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim"), help="ancestral DDPM steps, or DDIM steps")
-    parser.add_argument("--num_inference_steps", type=positive_int, default=None, help="sampling steps, a subset of the T timesteps (default: all T)")
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM's eta: 0 deterministic, 1 as noisy as DDPM")
+    parser.add_argument("--num_inference_steps", type=positive(int), default=None, help="sampling steps, a subset of the T timesteps (default: all T)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM's eta in [0, 1]: 0 deterministic, 1 as noisy as DDPM")
     parser.add_argument("--no_clip_x0", dest="clip_x0", action="store_false", help="do not clip the predicted x_0 to the data's range")
     parser.add_argument("--checkpoint", default=None, help="start from this model.pth (with --num_epochs 0: only sample and evaluate)")
-    parser.add_argument("--save_images_step", type=positive_int, default=10, help="save a frame every this many epochs")
-    parser.add_argument("--seed", type=int, default=0, help="same seed and device give identical samples")
+    parser.add_argument("--save_images_step", type=positive(int), default=10, help="save a frame every this many epochs")
+    parser.add_argument("--seed", type=int, default=0, help="same seed and device give identical losses and samples")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when available")
     return parser
 
 
+def explicit_options(argv) -> dict:
+    """The options the user typed, without the defaults."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv))
+
+
+def check_config(config: dict) -> None:
+    if config["num_epochs"] < 0 or (config["num_epochs"] == 0 and not config["checkpoint"]):
+        raise UsageError("--num_epochs must be positive (or 0 with --checkpoint, to only sample)")
+    sinusoidal = "sinusoidal" in (config["time_embedding"], config["input_embedding"])
+    if sinusoidal and (config["embedding_size"] < 4 or config["embedding_size"] % 2):
+        raise UsageError(f"--embedding_size must be even and at least 4 for sinusoidal embeddings, got {config['embedding_size']}")
+    if (config["num_inference_steps"] or 0) > config["num_timesteps"]:
+        raise UsageError(f"--num_inference_steps {config['num_inference_steps']} is more than the {config['num_timesteps']} training timesteps")
+    if not 0 <= config["ema_decay"] < 1:
+        raise UsageError(f"--ema_decay must be in [0, 1), got {config['ema_decay']}")
+    if not 0 <= config["eta"] <= 1:
+        raise UsageError(f"--eta must be in [0, 1], got {config['eta']}")
+    name = config["experiment_name"]
+    if not name or name in (".", "..") or any(sep in name for sep in "/\\") or name.startswith("."):
+        raise UsageError(f"--experiment_name must be a plain folder name (no path separators, no leading dot), got {name!r}")
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict:
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} not found")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)  # map_location: a CUDA checkpoint loads on a CPU
+    except Exception as err:
+        raise UsageError(f"{path} is not a tiny-diffusion checkpoint ({type(err).__name__}); give the model.pth of a run") from None
+    if not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= checkpoint.keys():
+        raise UsageError(f"{path} is not a tiny-diffusion checkpoint (it lacks its keys); give the model.pth of a run")
+    return checkpoint
+
+
+def merge_checkpoint_config(config: dict, explicit: dict, saved: dict, fields) -> dict:
+    """Take `fields` from the checkpoint's config; refuse if the user asked for other values."""
+    differ = [field for field in fields if field in explicit and explicit[field] != saved[field]]
+    if differ:
+        asked = ", ".join(f"{field}={explicit[field]}" for field in differ)
+        had = ", ".join(f"{field}={saved[field]}" for field in differ)
+        raise UsageError(f"the checkpoint has {had} but you asked for {asked}: drop those options or use another checkpoint")
+    return config | {field: saved[field] for field in fields}
+
+
+def prepare(argv) -> tuple[dict, dict | None]:
+    """Parse and check the command line; load the checkpoint it names. Raises UsageError."""
+    config, explicit = vars(build_parser().parse_args(argv)), explicit_options(argv)
+    check_config(config)
+    out_dir = Path(config["exps_dir"]) / config["experiment_name"]
+    device = resolve_device(config["device"])
+    if config["resume"]:
+        if config["checkpoint"]:
+            raise UsageError("--resume continues <experiment_name>; do not give --checkpoint with it")
+        checkpoint = load_checkpoint(out_dir / "model.pth", device)
+        fields = [field for field in checkpoint["config"] if field not in RUN_FIELDS]
+        config = merge_checkpoint_config(config, explicit, checkpoint["config"], fields)
+        if checkpoint["epoch"] >= config["num_epochs"]:
+            raise UsageError(f"{out_dir} finished all {config['num_epochs']} epochs: nothing to resume")
+        return config, checkpoint
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not config["overwrite"]:
+            raise UsageError(f"{out_dir} already holds a run: pass --overwrite to replace it, --resume to continue it, or choose another --experiment_name")
+        for name in OUTPUT_FILES:  # nothing of the replaced run may survive to be mistaken for the new one
+            (out_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(out_dir / "images", ignore_errors=True)
+    if config["checkpoint"]:
+        checkpoint = load_checkpoint(Path(config["checkpoint"]), device)
+        return merge_checkpoint_config(config, explicit, checkpoint["config"], MODEL_FIELDS), checkpoint
+    return config, None
+
+
 def main(argv=None) -> int:
     parser = build_parser()
-    config = vars(parser.parse_args(argv))
-    if config["num_epochs"] < 0 or (config["num_epochs"] == 0 and not config["checkpoint"]):
-        parser.error("--num_epochs must be positive (or 0 with --checkpoint)")
     try:
-        metrics = run(config)
-    except datasets.DatasetError as err:
+        config, checkpoint = prepare(argv)
+        metrics = run(config, checkpoint)
+    except (UsageError, datasets.DatasetError) as err:
         parser.error(str(err))
+    except TrainingError as err:
+        parser.exit(1, f"{parser.prog}: {err}\n")
+    except KeyboardInterrupt as err:
+        parser.exit(130, f"{parser.prog}: {err or 'interrupted'}\n")
     print(f"outputs in {metrics['out_dir']}/: model.pth config.json loss.npy frames.npy images/ metrics.json")
     print(f"{config['dataset']}: {evaluate.format_metrics(metrics)}  ({metrics['seconds']['total']:.1f} s)")
     return 0
