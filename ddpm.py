@@ -181,11 +181,12 @@ def inference_timesteps(num_timesteps: int, num_inference_steps: int | None = No
 
 
 @torch.inference_mode()
-def sample(model, schedule, n, generator, sampler="ddpm", num_inference_steps=None, eta=0.0, clip_range=None):
-    """Draw n points: start from x_T ~ N(0, I) and apply the reverse step down to x_0. Returns (n, 2)."""
+def reverse_process(model, schedule, n, generator, sampler="ddpm", num_inference_steps=None, eta=0.0, clip_range=None):
+    """Start from x_T ~ N(0, I) and step down to x_0, yielding (t, x_t) after each step, (T, x_T) first."""
     device = schedule.alphas_cumprod.device
     timesteps = inference_timesteps(schedule.num_timesteps, num_inference_steps)
-    x_t = torch.randn(n, 2, generator=generator, device=device)
+    x_t = torch.randn(n, 2, generator=generator, device=device)  # (n, 2)
+    yield schedule.num_timesteps, x_t
     one = torch.ones((), device=device)
     for t, t_prev in zip(timesteps, timesteps[1:] + [-1]):
         eps = model(x_t, torch.full((n,), t, device=device))
@@ -196,13 +197,20 @@ def sample(model, schedule, n, generator, sampler="ddpm", num_inference_steps=No
             x_t = ddpm_step(x_t, eps, alpha_bar_t, alpha_bar_prev, z, clip_range)
         else:
             x_t = ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev, z, eta, clip_range)
+        yield t_prev + 1, x_t  # the paper's index of the new x_t: 0 for the sample x_0
+
+
+def sample(model, schedule, n, generator, sampler="ddpm", num_inference_steps=None, eta=0.0, clip_range=None) -> torch.Tensor:
+    """Draw n points (n, 2): the end of the reverse process."""
+    for _, x_t in reverse_process(model, schedule, n, generator, sampler, num_inference_steps, eta, clip_range):
+        pass
     return x_t
 
 
 # ----------------------------------------------------------------------------- 6. Training loop
 MODEL_FIELDS = ("dataset", "num_timesteps", "beta_schedule", "embedding_size", "hidden_size", "hidden_layers", "time_embedding", "input_embedding")
 RUN_FIELDS = ("experiment_name", "exps_dir", "data_dir", "device", "checkpoint", "resume", "overwrite")  # where and how, not what, is trained
-OUTPUT_FILES = ("config.json", "model.pth", "loss.npy", "frames.npy", "metrics.json")
+OUTPUT_FILES = ("config.json", "model.pth", "loss.npy", "loss.png", "frames.npy", "metrics.json")
 CHECKPOINT_KEYS = {"config", "epoch", "model", "ema", "optimizer", "lr_schedule", "rng", "clip_range", "losses", "frames", "frame_epochs"}
 
 
@@ -264,7 +272,7 @@ class Run:
         self.lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(total_steps, 1)) if config["lr_decay"] == "cosine" else None
         self.losses = torch.full((total_steps,), math.nan, device=device)  # filled without a sync per step
         self.clip_range = torch.stack((data.min(0).values, data.max(0).values))  # (2, 2): the data's box
-        self.epoch, self.frames, self.frame_epochs = 0, [], []
+        self.epoch, self.frames, self.frame_epochs, self.frame_seconds = 0, [], [], 0.0
         if checkpoint:
             self.model.load_state_dict(checkpoint["model"])
             self.ema.load_state_dict(checkpoint["ema"])
@@ -279,6 +287,7 @@ class Run:
             self.frames, self.frame_epochs = list(checkpoint["frames"].cpu()), list(checkpoint["frame_epochs"])
 
     def sample_frame(self) -> None:
+        tic = time.perf_counter()
         self.ema.module.eval()
         config = self.config
         generator = torch.Generator(self.data.device).manual_seed(config["seed"])  # same x_T every frame: the animation follows the same points
@@ -286,6 +295,19 @@ class Run:
         x_0 = sample(self.ema.module, self.schedule, config["eval_batch_size"], generator, config["sampler"], config["num_inference_steps"], config["eta"], clip_range)
         self.frames.append(x_0.cpu())
         self.frame_epochs.append(self.epoch)
+        self.frame_seconds += time.perf_counter() - tic
+
+    def step(self, x_0: torch.Tensor) -> torch.Tensor:
+        """One optimisation step on a batch (B, 2); returns the loss without waiting for it."""
+        loss = loss_fn(self.model, self.schedule, x_0)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        if self.lr_schedule:
+            self.lr_schedule.step()
+        self.ema.update_parameters(self.model)
+        return loss.detach()
 
     def train(self) -> str:
         """AdamW on L_simple with an EMA of the weights; returns "done", "interrupted" or "diverged"."""
@@ -296,18 +318,11 @@ class Run:
                 self.model.train()
                 step = self.epoch * B
                 for batch in torch.randperm(len(data), device=data.device).split(config["train_batch_size"]):
-                    loss = loss_fn(self.model, self.schedule, data[batch])
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-                    self.optimizer.step()
-                    if self.lr_schedule:
-                        self.lr_schedule.step()
-                    self.ema.update_parameters(self.model)
-                    self.losses[step] = loss.detach()
+                    self.losses[step] = self.step(data[batch])  # batches by indexing: no DataLoader, no per-item collation
                     step += 1
-                epoch_loss = self.losses[step - B : step].mean().item()  # one sync per epoch
-                if not epoch_loss <= DIVERGED_LOSS:
+                epoch_losses = self.losses[step - B : step]
+                epoch_loss, worst = torch.stack((epoch_losses.mean(), epoch_losses.max())).tolist()  # one sync per epoch
+                if not worst <= DIVERGED_LOSS:  # also catches NaN
                     return "diverged"
                 bar.set_postfix(loss=f"{epoch_loss:.4f}", refresh=False)
                 bar.update(B)
@@ -339,18 +354,18 @@ def write_atomically(path: Path, write) -> None:
         partial.unlink(missing_ok=True)
 
 
-def save_outputs(out_dir: Path, run: Run, losses: torch.Tensor, metrics: dict | None) -> None:
+def save_outputs(out_dir: Path, run: Run, losses: torch.Tensor, with_checkpoint: bool = True) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = torch.stack(run.frames).numpy() if run.frames else np.zeros((0, run.config["eval_batch_size"], 2), np.float32)
     write_atomically(out_dir / "config.json", lambda f: f.write((json.dumps(run.config, indent=2) + "\n").encode()))
     write_atomically(out_dir / "loss.npy", lambda f: np.save(f, losses.cpu().numpy()))
+    plots.save_loss(losses.cpu().numpy(), out_dir / "loss.png")
     write_atomically(out_dir / "frames.npy", lambda f: np.save(f, frames))
     shutil.rmtree(out_dir / "images", ignore_errors=True)
     if len(frames):
         plots.save_frames(frames, run.frame_epochs, out_dir / "images")
-    if metrics is not None:
+    if with_checkpoint:
         write_atomically(out_dir / "model.pth", lambda f: torch.save(run.checkpoint(), f))
-        write_atomically(out_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
 
 
 def run(config: dict, checkpoint: dict | None = None) -> dict:
@@ -363,17 +378,18 @@ def run(config: dict, checkpoint: dict | None = None) -> dict:
     tqdm.write(f"{config['beta_schedule']} schedule, T = {config['num_timesteps']}: alpha_bar_T = {state.schedule.alphas_cumprod[-1].item():.2e}")
     out_dir = Path(config["exps_dir"]) / config["experiment_name"]
 
+    tic = time.perf_counter()
     status = state.train()
-    train_seconds = time.perf_counter() - started
+    train_seconds = time.perf_counter() - tic - state.frame_seconds
     if status == "diverged":
         first_bad = int((~(state.losses <= DIVERGED_LOSS)).nonzero()[0])  # NaN compares False
-        save_outputs(out_dir, state, state.losses[: first_bad + 1], metrics=None)
+        save_outputs(out_dir, state, state.losses[: first_bad + 1], with_checkpoint=False)  # no blown-up weights
         raise TrainingError(
             f"training diverged: the loss was {state.losses[first_bad].item():.3g} at step {first_bad} (epoch {state.epoch}); "
             f"try a lower --learning_rate than {config['learning_rate']:g}. Losses and frames so far are in {out_dir}"
         )
     if status == "interrupted":
-        save_outputs(out_dir, state, state.losses[: state.epoch * state.batches_per_epoch], metrics={"interrupted_after_epoch": state.epoch})
+        save_outputs(out_dir, state, state.losses[: state.epoch * state.batches_per_epoch])
         raise KeyboardInterrupt(
             f"interrupted after epoch {state.epoch} of {config['num_epochs']}; saved in {out_dir}. "
             f"Continue with: python ddpm.py --experiment_name {config['experiment_name']} --exps_dir {config['exps_dir']} --resume"
@@ -381,9 +397,13 @@ def run(config: dict, checkpoint: dict | None = None) -> dict:
     if not state.frames:  # --num_epochs 0: only sample the checkpoint
         state.sample_frame()
 
+    tic = time.perf_counter()
     metrics = evaluate.evaluate(state.frames[-1].numpy(), config["dataset"], seed=config["seed"], data_dir=config["data_dir"])
-    save_outputs(out_dir, state, state.losses, metrics)
-    metrics["seconds"] = {"train_and_frames": train_seconds, "total": time.perf_counter() - started}
+    evaluate_seconds = time.perf_counter() - tic
+    tic = time.perf_counter()
+    save_outputs(out_dir, state, state.losses)
+    write_seconds = time.perf_counter() - tic
+    metrics["seconds"] = {"train": train_seconds, "frames": state.frame_seconds, "evaluate": evaluate_seconds, "write": write_seconds, "total": time.perf_counter() - started}
     write_atomically(out_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
     return metrics | {"out_dir": str(out_dir)}
 
@@ -416,13 +436,13 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run <experiment_name> where it stopped")
     parser.add_argument("--dataset", default="dino", choices=list(datasets.DATASETS), help="the point cloud to learn")
     parser.add_argument("--data_dir", default=None, help=f"folder holding {datasets.DATASAURUS_FILE} (or set {datasets.DATA_DIR_ENV}); default: static/, downloaded once")
-    parser.add_argument("--train_batch_size", type=positive(int), default=32, help="points per optimisation step")
+    parser.add_argument("--train_batch_size", type=positive(int), default=256, help="points per optimisation step")
     parser.add_argument("--eval_batch_size", type=positive(int), default=1000, help="points sampled for each frame and for the evaluation")
-    parser.add_argument("--num_epochs", type=int, default=200, help="passes over the 8000 training points (0: only sample --checkpoint)")
-    parser.add_argument("--learning_rate", type=positive(float), default=1e-3, help="AdamW learning rate")
+    parser.add_argument("--num_epochs", type=int, default=150, help="passes over the 8000 training points (0: only sample --checkpoint)")
+    parser.add_argument("--learning_rate", type=positive(float), default=3e-3, help="AdamW learning rate")
     parser.add_argument("--lr_decay", default="none", choices=("none", "cosine"), help="learning-rate schedule over the run")
     parser.add_argument("--num_timesteps", type=positive(int), default=50, help="T, the number of diffusion steps")
-    parser.add_argument("--beta_schedule", default="linear", choices=list(BETA_SCHEDULES), help="how beta_t grows with t")
+    parser.add_argument("--beta_schedule", default="cosine", choices=list(BETA_SCHEDULES), help="how beta_t grows with t")
     parser.add_argument("--embedding_size", type=positive(int), default=128, help="width of each sinusoidal/learnable embedding (even, at least 4, for sinusoidal)")
     parser.add_argument("--hidden_size", type=positive(int), default=128, help="width of the MLP")
     parser.add_argument("--hidden_layers", type=positive(int), default=3, help="residual blocks in the MLP")

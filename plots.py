@@ -6,12 +6,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
 
 LIMIT = 6.0  # all datasets fit in [-6, 6]^2, as in the original's plots
-POINT = dict(s=4, alpha=0.5, color="tab:blue", linewidths=0)
+POINT = dict(s=3, alpha=0.5, color="tab:blue", linewidths=0)
+CELL_INCHES, DPI = 1.8, 80
 
 
-def _square_axes(ax):
+def _square_axes(ax) -> None:
     ax.set_xlim(-LIMIT, LIMIT)
     ax.set_ylim(-LIMIT, LIMIT)
     ax.set_aspect("equal")
@@ -28,14 +30,54 @@ def save_frames(frames: np.ndarray, epochs: list[int], folder: Path) -> None:
     for i, (points, epoch) in enumerate(zip(frames, epochs)):
         scatter.set_offsets(points)  # redraw only the points: one figure for all frames
         ax.set_title(f"epoch {epoch}")
-        fig.savefig(folder / f"{i:04d}.png", dpi=80)
+        fig.savefig(folder / f"{i:04d}.png", dpi=DPI)
     plt.close(fig)
 
 
-def save_samples(points: np.ndarray, path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(4, 4))
+def save_grid(cells: list[list[np.ndarray]], path: Path, row_labels=None, col_labels=None) -> None:
+    """A grid of scatter plots: cells[row][col] is an (N, 2) point set."""
+    rows, cols = len(cells), len(cells[0])
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * CELL_INCHES, rows * CELL_INCHES), squeeze=False)
+    for r, row in enumerate(cells):
+        for c, points in enumerate(row):
+            ax = axes[r][c]
+            _square_axes(ax)
+            ax.scatter(points[:, 0], points[:, 1], **POINT)
+            if col_labels and r == 0:
+                ax.set_title(col_labels[c], fontsize=9)
+            if row_labels and c == 0:
+                ax.set_ylabel(row_labels[r], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def save_animation(point_sets: list[np.ndarray], titles: list[str], path: Path, fps: int = 10) -> None:
+    """A GIF showing one point set per frame (matplotlib's Pillow writer)."""
+    fig, ax = plt.subplots(figsize=(3, 3))
     _square_axes(ax)
-    ax.scatter(points[:, 0], points[:, 1], **POINT)
-    ax.set_title(title)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
+    scatter = ax.scatter(point_sets[0][:, 0], point_sets[0][:, 1], **POINT)
+
+    def draw(i):
+        scatter.set_offsets(point_sets[i])
+        ax.set_title(titles[i], fontsize=9)
+        return (scatter,)
+
+    FuncAnimation(fig, draw, frames=len(point_sets)).save(path, writer=PillowWriter(fps=fps), dpi=DPI)
+    plt.close(fig)
+
+
+def save_loss(losses: np.ndarray, path: Path, window: int = 100) -> None:
+    """Every step's loss, faint, under its moving average."""
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(losses, color="tab:blue", alpha=0.2, linewidth=0.5, label="per step")
+    if len(losses) >= window:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(np.arange(window - 1, len(losses)), smooth, color="tab:blue", label=f"mean of {window} steps")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (MSE of eps)")
+    ax.set_yscale("log")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)

@@ -1,0 +1,97 @@
+"""Sweep one hyperparameter: a run per value, a grid of samples over training, a table of W2 ratios.
+
+    python ablate.py learning_rate 1e-2 1e-3 1e-4 1e-5
+    python ablate.py beta_schedule linear quadratic cosine sigmoid --dataset moons
+    python ablate.py dataset dino moons line circle
+
+Runs already in exps/ with the same options are reused. The grid has a row per value and a
+column per saved epoch (static/ablation_<param>.png); the numbers go to
+exps/ablations/<param>.csv and .md.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import ddpm
+import plots
+
+STATIC_DIR = ddpm.PROJECT_DIR / "static"
+COLUMNS = 6  # saved epochs shown per row
+
+
+def run_name(args: list[str]) -> str:
+    """A run is named by the options that differ from the defaults, so sweeps share their runs."""
+    parser = ddpm.build_parser()
+    defaults, config = vars(parser.parse_args([])), vars(parser.parse_args(args))
+    changed = [f"{k}={Path(str(v)).parent.name if k == 'checkpoint' else v}" for k, v in config.items() if v != defaults[k] and k not in ("experiment_name", "exps_dir", "data_dir", "device")]
+    return "ablate_" + ("_".join(changed) or "defaults")
+
+
+def run_once(args: list[str], exps_dir: Path) -> Path:
+    """Train with `args` into exps_dir/<run_name>, unless a finished run with the same options is there."""
+    name = run_name(args)
+    out = exps_dir / name
+    wanted = {k: v for k, v in vars(ddpm.build_parser().parse_args(args)).items() if k not in ddpm.RUN_FIELDS}
+    if (out / "metrics.json").is_file():
+        saved = json.loads((out / "config.json").read_text())
+        if all(saved.get(k) == v for k, v in wanted.items()):
+            return out
+    if ddpm.main([*args, "--exps_dir", str(exps_dir), "--experiment_name", name, "--overwrite"]) != 0:
+        raise SystemExit(f"the run {name} failed")
+    return out
+
+
+def sweep(param: str, values: list[str], extra: list[str], exps_dir: Path, figure: Path) -> list[dict]:
+    """Run every value, draw the grid to `figure`, return one row of numbers per value."""
+    rows, cells, labels, col_labels = [], [], [], None
+    for value in values:
+        out = run_once([f"--{param}", value, *extra], exps_dir)
+        metrics = json.loads((out / "metrics.json").read_text())
+        config = json.loads((out / "config.json").read_text())
+        frames = np.load(out / "frames.npy")  # (frames, N, 2)
+        shown = np.unique(np.linspace(0, len(frames) - 1, COLUMNS).round().astype(int))
+        cells.append([frames[i] for i in shown])
+        if config["num_epochs"] == 0:  # sampled from a checkpoint: one frame
+            col_labels = ["samples"]
+        else:
+            frame_epochs = [e for e in range(config["num_epochs"]) if e % config["save_images_step"] == 0 or e == config["num_epochs"] - 1]
+            col_labels = [f"epoch {frame_epochs[i]}" for i in shown]
+        labels.append(f"{param} = {value}\nW2 ratio {metrics['w2_ratio']:.2f}")
+        row = {param: value, "dataset": config["dataset"], "w2": metrics["w2"], "w2_floor": metrics["w2_floor"], "w2_ratio": metrics["w2_ratio"]}
+        if "off_support_fraction" in metrics:
+            row["off_support_fraction"] = metrics["off_support_fraction"]
+        rows.append(row | {"train_seconds": metrics["seconds"]["train"]})
+    plots.save_grid(cells, figure, row_labels=labels, col_labels=col_labels)
+    return rows
+
+
+def write_table(rows: list[dict], stem: Path) -> str:
+    """Write stem.csv and stem.md; return the markdown."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    csv = [",".join(keys)] + [",".join(fmt(row.get(k, "")) for k in keys) for row in rows]
+    md = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)] + ["| " + " | ".join(fmt(row.get(k, "")) for k in keys) + " |" for row in rows]
+    stem.with_suffix(".csv").write_text("\n".join(csv) + "\n")
+    stem.with_suffix(".md").write_text("\n".join(md) + "\n")
+    return "\n".join(md)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("param", help="a ddpm.py option, without its dashes (e.g. learning_rate)")
+    parser.add_argument("values", nargs="+", help="the values to try")
+    parser.add_argument("--exps_dir", type=Path, default=ddpm.PROJECT_DIR / "exps")
+    parser.add_argument("--figure", type=Path, default=None, help="default: static/ablation_<param>.png")
+    args, extra = parser.parse_known_args(argv)  # anything else goes to every ddpm.py run, e.g. --dataset moons
+    figure = args.figure or STATIC_DIR / f"ablation_{args.param}.png"
+    rows = sweep(args.param, args.values, extra, args.exps_dir, figure)
+    print(write_table(rows, args.exps_dir / "ablations" / args.param))
+    print(f"grid: {figure}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

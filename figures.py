@@ -1,0 +1,108 @@
+"""Rebuild every figure and table of the README: python figures.py (about 15 minutes on 2 cores).
+
+Runs (or reuses) the default run of each dataset and every ablation sweep in exps/, then
+draws into static/: the forward and reverse processes, their animation, the samples, the
+loss curve and the ablation grids. The tables go to exps/ablations/.
+"""
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+import ablate
+import datasets
+import ddpm
+import plots
+
+STATIC_DIR = ddpm.PROJECT_DIR / "static"
+# (option, values): the original's ablations, on the dino, with the defaults elsewhere.
+SWEEPS = [
+    ("dataset", ["dino", "moons", "line", "circle"]),
+    ("learning_rate", ["1e-2", "3e-3", "1e-3", "1e-4"]),
+    ("num_timesteps", ["10", "50", "200"]),
+    ("beta_schedule", ["linear", "quadratic", "cosine", "sigmoid"]),
+    ("hidden_size", ["32", "64", "128", "256"]),
+    ("hidden_layers", ["1", "3", "5"]),
+    ("time_embedding", ["sinusoidal", "learnable", "linear", "zero"]),
+    ("input_embedding", ["sinusoidal", "learnable", "linear", "identity"]),
+]
+SNAPSHOTS = 6  # panels in the forward and reverse figures
+
+
+def load_sampler(checkpoint_path: Path):
+    """The EMA model, schedule and clip range of a run's model.pth."""
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    config = checkpoint["config"]
+    ema = AveragedModel(ddpm.make_model(config))
+    ema.load_state_dict(checkpoint["ema"])
+    schedule = ddpm.NoiseSchedule.named(config["beta_schedule"], config["num_timesteps"])
+    return ema.module.eval(), schedule, checkpoint["clip_range"], config
+
+
+def forward_process(config: dict, n: int = 1000, seed: int = 0) -> list[tuple[int, np.ndarray]]:
+    """(t, x_t) for t = 0..T: the data, then ever noisier (Ho et al. 2020, eq. 4)."""
+    schedule = ddpm.NoiseSchedule.named(config["beta_schedule"], config["num_timesteps"])
+    x_0 = torch.from_numpy(datasets.get_dataset(config["dataset"], n, seed=seed, data_dir=config["data_dir"]))
+    eps = torch.randn(x_0.shape, generator=torch.Generator().manual_seed(seed))
+    steps = [(0, x_0.numpy())]
+    for t in range(schedule.num_timesteps):
+        steps.append((t + 1, schedule.add_noise(x_0, eps, torch.full((n,), t)).numpy()))  # paper's index t + 1
+    return steps
+
+
+def reverse_process(checkpoint_path: Path, n: int = 1000, seed: int = 0) -> list[tuple[int, np.ndarray]]:
+    """(t, x_t) for t = T..0 with the run's EMA model and DDPM steps."""
+    model, schedule, clip_range, _ = load_sampler(checkpoint_path)
+    generator = torch.Generator().manual_seed(seed)
+    return [(t, x_t.numpy()) for t, x_t in ddpm.reverse_process(model, schedule, n, generator, clip_range=clip_range)]
+
+
+def _spaced(steps: list, count: int) -> list:
+    return [steps[i] for i in np.linspace(0, len(steps) - 1, count).round().astype(int)]
+
+
+def draw_process_figures(run_dir: Path, out_dir: Path) -> list[Path]:
+    """forward.png, reverse.png and diffusion.gif of a finished run."""
+    config = json.loads((run_dir / "config.json").read_text())
+    forward, reverse = forward_process(config), reverse_process(run_dir / "model.pth")
+    paths = [out_dir / "forward.png", out_dir / "reverse.png", out_dir / "diffusion.gif"]
+    for steps, path in zip((forward, reverse), paths):
+        shown = _spaced(steps, SNAPSHOTS)
+        plots.save_grid([[x for _, x in shown]], path, col_labels=[f"t = {t}" for t, _ in shown])
+    both = [(f"forward: t = {t}", x) for t, x in forward] + [(f"reverse: t = {t}", x) for t, x in reverse]
+    plots.save_animation([x for _, x in both], [title for title, _ in both], paths[2])
+    return paths
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--exps_dir", type=Path, default=ddpm.PROJECT_DIR / "exps")
+    args = parser.parse_args(argv)
+    tables = []
+    for param, values in SWEEPS:
+        rows = ablate.sweep(param, values, [], args.exps_dir, STATIC_DIR / f"ablation_{param}.png")
+        tables.append(f"### {param}\n\n" + ablate.write_table(rows, args.exps_dir / "ablations" / param))
+
+    dino = args.exps_dir / ablate.run_name([])
+    draw_process_figures(dino, STATIC_DIR)
+    plots.save_samples(np.load(dino / "frames.npy")[-1], STATIC_DIR / "dino_samples.png", "dino: 1000 samples")
+    shutil.copy(dino / "loss.png", STATIC_DIR / "loss.png")
+
+    # DDIM from each default checkpoint: fewer steps, same model.
+    for dataset in ["dino", "moons", "line", "circle"]:
+        checkpoint = args.exps_dir / ablate.run_name(["--dataset", dataset]) / "model.pth"
+        steps = ["5", "10", "20", "50"] if dataset == "dino" else ["20"]
+        extra = ["--checkpoint", str(checkpoint), "--num_epochs", "0", "--sampler", "ddim"]
+        rows = ablate.sweep("num_inference_steps", steps, extra, args.exps_dir, args.exps_dir / "ablations" / f"ddim_{dataset}.png")
+        tables.append(f"### DDIM steps, {dataset}\n\n" + ablate.write_table(rows, args.exps_dir / "ablations" / f"ddim_{dataset}"))
+    text = "\n\n".join(tables) + "\n"
+    (args.exps_dir / "ablations" / "tables.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

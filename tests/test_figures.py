@@ -1,0 +1,61 @@
+"""Every kind of figure, drawn from a tiny run: valid images of the expected size."""
+import pytest
+from PIL import Image
+
+import ablate
+import ddpm
+import figures
+import plots
+
+BASE = ["--dataset", "moons", "--num_epochs", "4", "--hidden_size", "16", "--num_timesteps", "10", "--eval_batch_size", "200", "--save_images_step", "1"]
+TINY = [*BASE, "--hidden_layers", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    exps = tmp_path_factory.mktemp("exps")
+    assert ddpm.main([*TINY, "--exps_dir", str(exps), "--experiment_name", "tiny"]) == 0
+    return exps / "tiny"
+
+
+def image_size(path):
+    with Image.open(path) as image:
+        image.verify()  # raises on a broken file
+    with Image.open(path) as image:
+        return image.size, getattr(image, "n_frames", 1)
+
+
+def test_a_run_draws_its_frames_and_its_loss_curve(tiny_run):
+    assert image_size(tiny_run / "images" / "0003.png") == ((4 * plots.DPI, 4 * plots.DPI), 1)
+    assert image_size(tiny_run / "loss.png") == ((5 * plots.DPI, 3 * plots.DPI), 1)
+
+
+def test_forward_reverse_figures_and_the_animation(tiny_run, tmp_path):
+    forward, reverse, gif = figures.draw_process_figures(tiny_run, tmp_path)
+    one_row = (round(figures.SNAPSHOTS * plots.CELL_INCHES * plots.DPI), round(plots.CELL_INCHES * plots.DPI))
+    assert image_size(forward) == (one_row, 1)
+    assert image_size(reverse) == (one_row, 1)
+    assert image_size(gif) == ((3 * plots.DPI, 3 * plots.DPI), 2 * (10 + 1))  # T + 1 states each way
+
+
+def test_forward_process_ends_in_noise_and_reverse_process_ends_near_the_data(tiny_run):
+    config = ddpm.json.loads((tiny_run / "config.json").read_text())
+    forward = figures.forward_process(config)
+    assert [t for t, _ in forward] == list(range(11))
+    assert abs(forward[-1][1].std() - 1) < 0.1  # x_T ~ N(0, I)
+    reverse = figures.reverse_process(tiny_run / "model.pth")
+    assert [t for t, _ in reverse] == list(range(10, -1, -1))
+
+
+def test_an_ablation_sweep_draws_a_row_per_value_writes_its_table_and_reuses_its_runs(tmp_path):
+    figure = tmp_path / "grid.png"
+    rows = ablate.sweep("hidden_layers", ["1", "2"], BASE, tmp_path, figure)
+    assert [row["hidden_layers"] for row in rows] == ["1", "2"] and all(row["w2_ratio"] > 0 for row in rows)
+    (width, height), _ = image_size(figure)
+    assert (width, height) == (round(4 * plots.CELL_INCHES * plots.DPI), round(2 * plots.CELL_INCHES * plots.DPI))  # 4 saved epochs
+    markdown = ablate.write_table(rows, tmp_path / "table")
+    assert markdown.count("\n") == 3 and (tmp_path / "table.csv").read_text().startswith("hidden_layers,dataset,w2")
+    checkpoint = tmp_path / ablate.run_name([*BASE, "--hidden_layers", "1"]) / "model.pth"
+    trained_at = checkpoint.stat().st_mtime_ns
+    ablate.sweep("hidden_layers", ["1"], BASE, tmp_path, figure)
+    assert checkpoint.stat().st_mtime_ns == trained_at  # reused, not trained again
