@@ -59,12 +59,12 @@ def sweep(param: str, values: list[str], extra: list[str], exps_dir: Path, figur
         else:
             frame_epochs = [e for e in range(config["num_epochs"]) if e % config["save_images_step"] == 0 or e == config["num_epochs"] - 1]
             col_labels = [f"epoch {frame_epochs[i]}" for i in shown]
-        labels.append(f"{param} = {value}\nW2 ratio {metrics['w2_ratio']:.2f}")
+        labels.append(f"{value}\nW2 ratio {metrics['w2_ratio']:.2f}")
         row = {param: value, "dataset": config["dataset"], "w2": metrics["w2"], "w2_floor": metrics["w2_floor"], "w2_ratio": metrics["w2_ratio"]}
         if "off_support_fraction" in metrics:
             row["off_support_fraction"] = metrics["off_support_fraction"]
-        rows.append(row | {"train_seconds": metrics["seconds"]["train"]})
-    plots.save_grid(cells, figure, row_labels=labels, col_labels=col_labels)
+        rows.append(row | ({"train_seconds": metrics["seconds"]["train"]} if config["num_epochs"] else {}))
+    plots.save_grid(cells, figure, row_labels=labels, col_labels=col_labels, title=param)
     return rows
 
 

@@ -89,7 +89,7 @@ def main(argv=None) -> None:
 
     dino = args.exps_dir / ablate.run_name([])
     draw_process_figures(dino, STATIC_DIR)
-    plots.save_samples(np.load(dino / "frames.npy")[-1], STATIC_DIR / "dino_samples.png", "dino: 1000 samples")
+    plots.save_grid([[np.load(dino / "frames.npy")[-1]]], STATIC_DIR / "dino_samples.png", col_labels=["dino: 1000 samples"])
     shutil.copy(dino / "loss.png", STATIC_DIR / "loss.png")
 
     # DDIM from each default checkpoint: fewer steps, same model.
@@ -99,6 +99,9 @@ def main(argv=None) -> None:
         extra = ["--checkpoint", str(checkpoint), "--num_epochs", "0", "--sampler", "ddim"]
         rows = ablate.sweep("num_inference_steps", steps, extra, args.exps_dir, args.exps_dir / "ablations" / f"ddim_{dataset}.png")
         tables.append(f"### DDIM steps, {dataset}\n\n" + ablate.write_table(rows, args.exps_dir / "ablations" / f"ddim_{dataset}"))
+    extra = ["--checkpoint", str(args.exps_dir / ablate.run_name([]) / "model.pth"), "--num_epochs", "0", "--sampler", "ddim", "--num_inference_steps", "20"]
+    rows = ablate.sweep("eta", ["0", "0.3", "0.5", "0.7", "1"], extra, args.exps_dir, args.exps_dir / "ablations" / "ddim_eta.png")
+    tables.append("### DDIM eta at 20 steps, dino\n\n" + ablate.write_table(rows, args.exps_dir / "ablations" / "ddim_eta"))
     text = "\n\n".join(tables) + "\n"
     (args.exps_dir / "ablations" / "tables.md").write_text(text)
     print(text)

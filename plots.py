@@ -34,10 +34,12 @@ def save_frames(frames: np.ndarray, epochs: list[int], folder: Path) -> None:
     plt.close(fig)
 
 
-def save_grid(cells: list[list[np.ndarray]], path: Path, row_labels=None, col_labels=None) -> None:
+def save_grid(cells: list[list[np.ndarray]], path: Path, row_labels=None, col_labels=None, title=None) -> None:
     """A grid of scatter plots: cells[row][col] is an (N, 2) point set."""
     rows, cols = len(cells), len(cells[0])
     fig, axes = plt.subplots(rows, cols, figsize=(cols * CELL_INCHES, rows * CELL_INCHES), squeeze=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
     for r, row in enumerate(cells):
         for c, points in enumerate(row):
             ax = axes[r][c]
