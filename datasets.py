@@ -65,17 +65,26 @@ def datasaurus_table(data_dir: str | None = None) -> pd.DataFrame:
     return pd.read_csv(datasaurus_path(data_dir), sep="\t")
 
 
-def dino(n: int, rng: np.random.Generator, data_dir: str | None = None) -> np.ndarray:
-    table = datasaurus_table(data_dir)
-    points = table.loc[table["dataset"] == "dino", ["x", "y"]].to_numpy()  # (142, 2)
-    xy = points[rng.integers(0, len(points), n)] + rng.normal(size=(n, 2)) * 0.15
-    return np.stack(((xy[:, 0] / 54 - 1) * 4, (xy[:, 1] / 48 - 1) * 4), axis=1)
+# The Datasaurus Dozen's 13 shapes; its "circle" is renamed so the original's circle keeps its name.
+DATASAURUS_SHAPES = {"away": "away", "bullseye": "bullseye", "datasaurus_circle": "circle", "dino": "dino", "dots": "dots",
+                     "h_lines": "h_lines", "high_lines": "high_lines", "slant_down": "slant_down", "slant_up": "slant_up",
+                     "star": "star", "v_lines": "v_lines", "wide_lines": "wide_lines", "x_shape": "x_shape"}
 
 
-def moons(n: int, rng: np.random.Generator, data_dir: str | None = None) -> np.ndarray:
+def datasaurus(shape: str):
+    def draw(n: int, rng: np.random.Generator, data_dir: str | None = None) -> np.ndarray:
+        table = datasaurus_table(data_dir)
+        points = table.loc[table["dataset"] == shape, ["x", "y"]].to_numpy()  # (142, 2)
+        xy = points[rng.integers(0, len(points), n)] + rng.normal(size=(n, 2)) * 0.15
+        return np.stack(((xy[:, 0] / 54 - 1) * 4, (xy[:, 1] / 48 - 1) * 4), axis=1)
+
+    return draw
+
+
+def moons(n: int, rng: np.random.Generator, data_dir: str | None = None, upper: np.ndarray | None = None) -> np.ndarray:
     # scikit-learn's make_moons(noise=0.03), with a random angle along each half circle.
     angle = rng.uniform(0, np.pi, n)
-    upper = rng.random(n) < 0.5
+    upper = rng.random(n) < 0.5 if upper is None else upper
     x = np.where(upper, np.cos(angle), 1 - np.cos(angle))
     y = np.where(upper, np.sin(angle), 0.5 - np.sin(angle))
     xy = np.stack((x, y), axis=1) + rng.normal(size=(n, 2)) * 0.03
@@ -96,9 +105,116 @@ def circle(n: int, rng: np.random.Generator, data_dir: str | None = None) -> np.
     return xy * 3
 
 
-DATASETS = {"dino": dino, "moons": moons, "line": line, "circle": circle}
+DATASETS = {"moons": moons, "line": line, "circle": circle} | {name: datasaurus(shape) for name, shape in DATASAURUS_SHAPES.items()}
+FILE_SUFFIXES = (".csv", ".tsv", ".npy")
+MIN_FILE_POINTS = 10
+
+
+class Dataset:
+    """A distribution to learn: draws (points (n, 2), labels (n,)) with any seed, optionally of one class.
+
+    `classes` names the classes of a conditional dataset (empty when there are none): the two
+    moons, the parts of a comma-separated list such as "dino,star", or a file's label column.
+    """
+
+    def __init__(self, name: str, classes: list[str], draw, train_points: np.ndarray | None = None, train_labels=None):
+        self.name, self.classes, self._draw = name, classes, draw
+        self._train = None if train_points is None else (train_points, train_labels)
+        self.is_file = train_points is not None
+
+    def draw(self, n: int, seed: int, label: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        points, labels = self._draw(n, np.random.default_rng(seed), label)
+        return points.astype(np.float32), labels.astype(np.int64)
+
+    def train_set(self) -> tuple[np.ndarray, np.ndarray]:
+        """The training points: a file's own rows, or the original's 8000 draws with seed 42."""
+        if self._train is not None:
+            return self._train
+        return self.draw(TRAIN_SIZE, TRAIN_SEED)
+
+
+def _builtin(name: str, data_dir: str | None) -> Dataset:
+    if name == "moons":  # the two moons are its classes
+        def draw(n, rng, label):
+            upper = rng.random(n) < 0.5 if label is None else np.full(n, label == 0)
+            return moons(n, rng, data_dir, upper), (~upper).astype(int)
+
+        return Dataset(name, ["upper", "lower"], draw)
+    return Dataset(name, [], lambda n, rng, label: (DATASETS[name](n, rng, data_dir), np.zeros(n, int)))
+
+
+def _mixture(names: list[str], data_dir: str | None) -> Dataset:
+    """One class per named dataset, in equal proportions."""
+    def draw(n, rng, label):
+        labels = rng.integers(0, len(names), n) if label is None else np.full(n, label)
+        points = np.zeros((n, 2))
+        for k, name in enumerate(names):
+            points[labels == k] = DATASETS[name]((labels == k).sum(), rng, data_dir)
+        return points, labels
+
+    return Dataset(",".join(names), names, draw)
+
+
+def read_points_file(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """(points (m, 2), labels (m,) or None, class names) from a .csv, .tsv or .npy file."""
+    def bad(problem):
+        return DatasetError(f"{path}: {problem}")
+
+    if not path.is_file():
+        raise bad("file not found")
+    try:
+        if path.suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+            table = pd.DataFrame(array.reshape(len(array), -1) if array.ndim else array[None])
+        else:
+            table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
+    except (ValueError, OSError, pd.errors.EmptyDataError, pd.errors.ParserError) as err:
+        raise bad(f"cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'empty'})") from None
+    if table.empty:
+        raise bad("is empty")
+    label_column = next((c for c in table.columns if str(c).lower() in ("label", "class")), None)
+    if {"x", "y"} <= set(table.columns):
+        xy = table[["x", "y"]].apply(pd.to_numeric, errors="coerce")
+    else:
+        numeric = [c for c in table.columns if c != label_column and pd.api.types.is_numeric_dtype(table[c])]
+        if len(numeric) < 2:
+            raise bad(f"needs two numeric columns (named x and y, or the first two numeric ones); found {len(numeric)}")
+        xy = table[numeric[:2]]
+    points = xy.to_numpy(dtype=np.float64)
+    broken = ~np.isfinite(points).all(axis=1)
+    if broken.any():
+        raise bad(f"{broken.sum()} rows have missing, non-numeric, NaN or infinite coordinates (first: row {int(np.argmax(broken)) + 1})")
+    if len(points) < MIN_FILE_POINTS:
+        raise bad(f"has {len(points)} points; at least {MIN_FILE_POINTS} are needed")
+    if label_column is None:
+        return points, None, []
+    classes = sorted(table[label_column].astype(str).unique())
+    return points, table[label_column].astype(str).map(classes.index).to_numpy(), classes
+
+
+def _file(path: Path) -> Dataset:
+    points, labels, classes = read_points_file(path)
+    labels = np.zeros(len(points), int) if labels is None else labels
+
+    def draw(n, rng, label):  # rows drawn with replacement
+        rows = np.arange(len(points)) if label is None else np.flatnonzero(labels == label)
+        chosen = rows[rng.integers(0, len(rows), n)]
+        return points[chosen], labels[chosen]
+
+    return Dataset(str(path), classes, draw, points.astype(np.float32), labels.astype(np.int64))
+
+
+def load(spec: str, data_dir: str | None = None) -> Dataset:
+    """A dataset by name ("dino"), comma-separated names ("dino,star,bullseye"), or file path."""
+    if spec.endswith(FILE_SUFFIXES):
+        return _file(Path(spec).expanduser())
+    names = spec.split(",")
+    unknown = [name for name in names if name not in DATASETS]
+    if unknown:
+        raise DatasetError(f"unknown dataset {unknown[0]!r}: choose from {', '.join(DATASETS)}, a comma-separated list of them, or a .csv/.tsv/.npy file")
+    return _mixture(names, data_dir) if len(names) > 1 else _builtin(spec, data_dir)
 
 
 def get_dataset(name: str, n: int = TRAIN_SIZE, seed: int = TRAIN_SEED, data_dir: str | None = None) -> np.ndarray:
     """Draw n points of dataset `name` with its own seed: (n, 2) float32."""
-    return DATASETS[name](n, np.random.default_rng(seed), data_dir).astype(np.float32)
+    return load(name, data_dir).draw(n, seed)[0]

@@ -110,30 +110,41 @@ class Block(nn.Module):
 
 
 class MLP(nn.Module):
-    """eps_theta(x_t, t): x and y each get a sinusoidal embedding (scale 25), then the timestep's."""
+    """eps_theta(x_t, t[, c]): x and y each get a sinusoidal embedding (scale 25), then the timestep's.
 
-    def __init__(self, hidden_size=128, hidden_layers=3, embedding_size=128, time_embedding="sinusoidal", input_embedding="sinusoidal"):
+    With num_classes > 0 a learned class embedding joins them; class index num_classes is
+    the null class, "no class given" (Ho & Salimans 2022, sec. 3.2).
+    """
+
+    def __init__(self, hidden_size=128, hidden_layers=3, embedding_size=128, time_embedding="sinusoidal", input_embedding="sinusoidal", num_classes=0):
         super().__init__()
         self.embed_x = make_embedding(input_embedding, embedding_size, scale=25.0)
         self.embed_y = make_embedding(input_embedding, embedding_size, scale=25.0)
         self.embed_t = make_embedding(time_embedding, embedding_size)
-        in_size = self.embed_x.out_dim + self.embed_y.out_dim + self.embed_t.out_dim
+        self.num_classes = num_classes
+        self.embed_class = nn.Embedding(num_classes + 1, embedding_size) if num_classes else None
+        in_size = self.embed_x.out_dim + self.embed_y.out_dim + self.embed_t.out_dim + (embedding_size if num_classes else 0)
         layers = [nn.Linear(in_size, hidden_size), nn.GELU()]
         layers += [Block(hidden_size) for _ in range(hidden_layers)]
         layers += [nn.Linear(hidden_size, 2)]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        features = torch.cat((self.embed_x(x_t[:, 0]), self.embed_y(x_t[:, 1]), self.embed_t(t)), dim=-1)  # (B, in_size)
-        return self.net(features)  # (B, 2): the predicted eps
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        features = [self.embed_x(x_t[:, 0]), self.embed_y(x_t[:, 1]), self.embed_t(t)]
+        if self.num_classes:
+            c = torch.full_like(t, self.num_classes) if c is None else c  # (B,) class indices
+            features.append(self.embed_class(c))
+        return self.net(torch.cat(features, dim=-1))  # (B, in_size) -> (B, 2): the predicted eps
 
 
 # ----------------------------------------------------------------------------- 4. Training loss
-def loss_fn(model: nn.Module, schedule: NoiseSchedule, x_0: torch.Tensor) -> torch.Tensor:
+def loss_fn(model: nn.Module, schedule: NoiseSchedule, x_0: torch.Tensor, c: torch.Tensor | None = None, cond_drop_prob: float = 0.0) -> torch.Tensor:
     eps = torch.randn_like(x_0)
     t = torch.randint(0, schedule.num_timesteps, (len(x_0),), device=x_0.device)
     x_t = schedule.add_noise(x_0, eps, t)
-    return F.mse_loss(model(x_t, t), eps)  # Ho et al. 2020, eq. 14: L_simple
+    if c is not None:  # classifier-free guidance: the same model also learns p(x) (Ho & Salimans 2022, Alg. 1)
+        c = torch.where(torch.rand(len(c), device=c.device) < cond_drop_prob, model.num_classes, c)
+    return F.mse_loss(model(x_t, t, c), eps)  # Ho et al. 2020, eq. 14: L_simple
 
 
 # ----------------------------------------------------------------------------- 5. Reverse process
@@ -180,16 +191,28 @@ def inference_timesteps(num_timesteps: int, num_inference_steps: int | None = No
     return torch.linspace(num_timesteps - 1, 0, steps, dtype=torch.float64).round().long().tolist()
 
 
+def guided_eps(model, x_t, t, c, guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance, Ho & Salimans 2022, eq. 6 with w = guidance_scale - 1:
+    eps_null + s (eps_c - eps_null). s = 1 is the plain conditional model, s > 1 sharpens the class."""
+    if c is None or guidance_scale == 1.0:
+        return model(x_t, t, c)
+    null = torch.full_like(c, model.num_classes)
+    eps_c, eps_null = model(torch.cat((x_t, x_t)), torch.cat((t, t)), torch.cat((c, null))).chunk(2)  # one batched call
+    return eps_null + guidance_scale * (eps_c - eps_null)
+
+
 @torch.inference_mode()
-def reverse_process(model, schedule, n, generator, sampler="ddpm", num_inference_steps=None, eta=0.0, clip_range=None):
-    """Start from x_T ~ N(0, I) and step down to x_0, yielding (t, x_t) after each step, (T, x_T) first."""
+def reverse_process(model, schedule, n, generator, *, sampler="ddpm", num_inference_steps=None, eta=0.0, clip_range=None, c=None, guidance_scale=1.0):
+    """Start from x_T ~ N(0, I) and step down to x_0, yielding (t, x_t) after each step, (T, x_T) first.
+
+    c: (n,) class of each point, for a conditional model (None: unconditional)."""
     device = schedule.alphas_cumprod.device
     timesteps = inference_timesteps(schedule.num_timesteps, num_inference_steps)
     x_t = torch.randn(n, 2, generator=generator, device=device)  # (n, 2)
     yield schedule.num_timesteps, x_t
     one = torch.ones((), device=device)
     for t, t_prev in zip(timesteps, timesteps[1:] + [-1]):
-        eps = model(x_t, torch.full((n,), t, device=device))
+        eps = guided_eps(model, x_t, torch.full((n,), t, device=device), c, guidance_scale)
         alpha_bar_t = schedule.alphas_cumprod[t]
         alpha_bar_prev = schedule.alphas_cumprod[t_prev] if t_prev >= 0 else one
         z = torch.randn(n, 2, generator=generator, device=device)
@@ -200,9 +223,9 @@ def reverse_process(model, schedule, n, generator, sampler="ddpm", num_inference
         yield t_prev + 1, x_t  # the paper's index of the new x_t: 0 for the sample x_0
 
 
-def sample(model, schedule, n, generator, sampler="ddpm", num_inference_steps=None, eta=0.0, clip_range=None) -> torch.Tensor:
-    """Draw n points (n, 2): the end of the reverse process."""
-    for _, x_t in reverse_process(model, schedule, n, generator, sampler, num_inference_steps, eta, clip_range):
+def sample(model, schedule, n, generator, **options) -> torch.Tensor:
+    """Draw n points (n, 2): the end of the reverse process (options as for reverse_process)."""
+    for _, x_t in reverse_process(model, schedule, n, generator, **options):
         pass
     return x_t
 
@@ -210,8 +233,8 @@ def sample(model, schedule, n, generator, sampler="ddpm", num_inference_steps=No
 # ----------------------------------------------------------------------------- 6. Training loop
 MODEL_FIELDS = ("dataset", "num_timesteps", "beta_schedule", "embedding_size", "hidden_size", "hidden_layers", "time_embedding", "input_embedding")
 RUN_FIELDS = ("experiment_name", "exps_dir", "data_dir", "device", "checkpoint", "resume", "overwrite")  # where and how, not what, is trained
-OUTPUT_FILES = ("config.json", "model.pth", "loss.npy", "loss.png", "frames.npy", "metrics.json")
-CHECKPOINT_KEYS = {"config", "epoch", "model", "ema", "optimizer", "lr_schedule", "rng", "clip_range", "losses", "frames", "frame_epochs"}
+OUTPUT_FILES = ("config.json", "model.pth", "loss.npy", "loss.png", "frames.npy", "frame_labels.npy", "metrics.json")
+CHECKPOINT_KEYS = {"config", "epoch", "model", "ema", "optimizer", "lr_schedule", "rng", "clip_range", "losses", "frames", "frame_epochs", "classes", "shift", "scale"}
 
 
 # Predicting eps = 0 scores 1; a loss this large (or NaN) means the optimisation has blown up.
@@ -226,8 +249,8 @@ class TrainingError(Exception):
     """Training stopped early; what was done so far is saved."""
 
 
-def make_model(config: dict) -> MLP:
-    return MLP(config["hidden_size"], config["hidden_layers"], config["embedding_size"], config["time_embedding"], config["input_embedding"])
+def make_model(config: dict, num_classes: int = 0) -> MLP:
+    return MLP(config["hidden_size"], config["hidden_layers"], config["embedding_size"], config["time_embedding"], config["input_embedding"], num_classes)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -260,10 +283,11 @@ class StopOnCtrlC:
 class Run:
     """Everything a run needs to continue: model, EMA, optimizer, losses and frames so far."""
 
-    def __init__(self, config: dict, data: torch.Tensor, checkpoint: dict | None = None):
-        self.config, self.data, device = config, data, data.device
+    def __init__(self, config: dict, data: torch.Tensor, labels: torch.Tensor | None = None, classes=(), shift=None, scale=None, checkpoint: dict | None = None):
+        """data: (m, 2) training points in training units, x = (x_data - shift) / scale; labels: (m,) classes or None."""
+        self.config, self.data, self.labels, self.classes, device = config, data, labels, list(classes), data.device
         self.schedule = NoiseSchedule.named(config["beta_schedule"], config["num_timesteps"]).to(device)
-        self.model = make_model(config).to(device)
+        self.model = make_model(config, len(self.classes)).to(device)
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config["ema_decay"]), use_buffers=True)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config["learning_rate"])
         self.batches_per_epoch = math.ceil(len(data) / config["train_batch_size"])
@@ -272,6 +296,10 @@ class Run:
         self.lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(total_steps, 1)) if config["lr_decay"] == "cosine" else None
         self.losses = torch.full((total_steps,), math.nan, device=device)  # filled without a sync per step
         self.clip_range = torch.stack((data.min(0).values, data.max(0).values))  # (2, 2): the data's box
+        self.shift = torch.zeros(2) if shift is None else shift
+        self.scale = torch.ones(2) if scale is None else scale
+        self.plot_limits = None
+        self.frame_classes = self._frame_classes()
         self.epoch, self.frames, self.frame_epochs, self.frame_seconds = 0, [], [], 0.0
         if checkpoint:
             self.model.load_state_dict(checkpoint["model"])
@@ -291,15 +319,28 @@ class Run:
         self.ema.module.eval()
         config = self.config
         generator = torch.Generator(self.data.device).manual_seed(config["seed"])  # same x_T every frame: the animation follows the same points
-        clip_range = self.clip_range if config["clip_x0"] else None
-        x_0 = sample(self.ema.module, self.schedule, config["eval_batch_size"], generator, config["sampler"], config["num_inference_steps"], config["eta"], clip_range)
-        self.frames.append(x_0.cpu())
+        x_0 = sample(
+            self.ema.module, self.schedule, config["eval_batch_size"], generator, sampler=config["sampler"], num_inference_steps=config["num_inference_steps"],
+            eta=config["eta"], clip_range=self.clip_range if config["clip_x0"] else None, c=self.frame_classes, guidance_scale=config["guidance_scale"],
+        )
+        self.frames.append(x_0.cpu() * self.scale + self.shift)  # in the data's own units
         self.frame_epochs.append(self.epoch)
         self.frame_seconds += time.perf_counter() - tic
 
-    def step(self, x_0: torch.Tensor) -> torch.Tensor:
-        """One optimisation step on a batch (B, 2); returns the loss without waiting for it."""
-        loss = loss_fn(self.model, self.schedule, x_0)
+    def _frame_classes(self) -> torch.Tensor | None:
+        """The class of each frame point: --class_label, else every class in its share of the data."""
+        if not self.classes:
+            return None
+        n = self.config["eval_batch_size"]
+        if self.config["class_label"] is not None:
+            return torch.full((n,), self.classes.index(self.config["class_label"]), device=self.data.device)
+        shares = torch.bincount(self.labels, minlength=len(self.classes)).double() / len(self.labels)
+        counts = torch.diff(torch.round(torch.cumsum(shares, 0) * n).long(), prepend=torch.zeros(1, dtype=torch.long, device=shares.device))
+        return torch.repeat_interleave(torch.arange(len(self.classes), device=self.data.device), counts)  # (n,)
+
+    def step(self, x_0: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """One optimisation step on a batch (B, 2) of classes c (B,); returns the loss without waiting for it."""
+        loss = loss_fn(self.model, self.schedule, x_0, c, self.config["cond_drop_prob"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -318,7 +359,8 @@ class Run:
                 self.model.train()
                 step = self.epoch * B
                 for batch in torch.randperm(len(data), device=data.device).split(config["train_batch_size"]):
-                    self.losses[step] = self.step(data[batch])  # batches by indexing: no DataLoader, no per-item collation
+                    # Batches by indexing tensors: no DataLoader, no per-item collation.
+                    self.losses[step] = self.step(data[batch], None if self.labels is None else self.labels[batch])
                     step += 1
                 epoch_losses = self.losses[step - B : step]
                 epoch_loss, worst = torch.stack((epoch_losses.mean(), epoch_losses.max())).tolist()  # one sync per epoch
@@ -340,6 +382,7 @@ class Run:
             "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict() if self.lr_schedule else None,
             "rng": torch.get_rng_state(), "clip_range": self.clip_range.cpu(), "losses": self.losses[:steps].cpu(),
             "frames": torch.stack(self.frames) if self.frames else torch.zeros(0, self.config["eval_batch_size"], 2), "frame_epochs": self.frame_epochs,
+            "classes": self.classes, "shift": self.shift, "scale": self.scale,
         }
 
 
@@ -361,9 +404,12 @@ def save_outputs(out_dir: Path, run: Run, losses: torch.Tensor, with_checkpoint:
     write_atomically(out_dir / "loss.npy", lambda f: np.save(f, losses.cpu().numpy()))
     plots.save_loss(losses.cpu().numpy(), out_dir / "loss.png")
     write_atomically(out_dir / "frames.npy", lambda f: np.save(f, frames))
+    frame_labels = None if run.frame_classes is None else run.frame_classes.cpu().numpy()
+    if frame_labels is not None:
+        write_atomically(out_dir / "frame_labels.npy", lambda f: np.save(f, frame_labels))
     shutil.rmtree(out_dir / "images", ignore_errors=True)
     if len(frames):
-        plots.save_frames(frames, run.frame_epochs, out_dir / "images")
+        plots.save_frames(frames, run.frame_epochs, out_dir / "images", frame_labels, run.plot_limits)
     if with_checkpoint:
         write_atomically(out_dir / "model.pth", lambda f: torch.save(run.checkpoint(), f))
 
@@ -373,8 +419,22 @@ def run(config: dict, checkpoint: dict | None = None) -> dict:
     started = time.perf_counter()
     device = resolve_device(config["device"])
     torch.manual_seed(config["seed"])
-    data = torch.from_numpy(datasets.get_dataset(config["dataset"], data_dir=config["data_dir"])).to(device)  # (8000, 2)
-    state = Run(config, data, checkpoint)
+    dataset = datasets.load(config["dataset"], config["data_dir"])
+    if config["class_label"] is not None and config["class_label"] not in dataset.classes:
+        raise UsageError(f"--class_label {config['class_label']!r} is not a class of {dataset.name}: its classes are {', '.join(dataset.classes) or 'none'}")
+    points, labels = (torch.from_numpy(array) for array in dataset.train_set())  # (m, 2), (m,)
+    if checkpoint:
+        shift, scale = checkpoint["shift"].cpu(), checkpoint["scale"].cpu()
+    elif dataset.is_file:  # own data is standardised for training; frames and metrics stay in its units
+        shift, scale = points.mean(0), points.std(0)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    else:
+        shift, scale = torch.zeros(2), torch.ones(2)
+    data = ((points - shift) / scale).to(device)
+    state = Run(config, data, labels.to(device) if dataset.classes else None, dataset.classes, shift, scale, checkpoint)
+    if dataset.is_file:
+        low, high = points.min(0).values, points.max(0).values
+        state.plot_limits = torch.stack((low - 0.2 * (high - low), high + 0.2 * (high - low))).T.flatten().tolist()
     tqdm.write(f"{config['beta_schedule']} schedule, T = {config['num_timesteps']}: alpha_bar_T = {state.schedule.alphas_cumprod[-1].item():.2e}")
     out_dir = Path(config["exps_dir"]) / config["experiment_name"]
 
@@ -398,7 +458,8 @@ def run(config: dict, checkpoint: dict | None = None) -> dict:
         state.sample_frame()
 
     tic = time.perf_counter()
-    metrics = evaluate.evaluate(state.frames[-1].numpy(), config["dataset"], seed=config["seed"], data_dir=config["data_dir"])
+    frame_labels = None if state.frame_classes is None else state.frame_classes.cpu().numpy()
+    metrics = evaluate.evaluate(state.frames[-1].numpy(), dataset, seed=config["seed"], labels=frame_labels)
     evaluate_seconds = time.perf_counter() - tic
     tic = time.perf_counter()
     save_outputs(out_dir, state, state.losses)
@@ -434,7 +495,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--exps_dir", default=str(PROJECT_DIR / "exps"), help="folder holding all experiments")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run <experiment_name> where it stopped")
-    parser.add_argument("--dataset", default="dino", choices=list(datasets.DATASETS), help="the point cloud to learn")
+    parser.add_argument("--dataset", default="dino", help=(
+        f"the point cloud to learn: one of {', '.join(datasets.DATASETS)}; several names joined by commas (each one a class, "
+        "e.g. dino,star,bullseye); or your own .csv/.tsv/.npy file with columns x,y (else its first two numeric columns) "
+        "and an optional label (or class) column. moons has two classes, its two moons. `--dataset list` prints the names"))
     parser.add_argument("--data_dir", default=None, help=f"folder holding {datasets.DATASAURUS_FILE} (or set {datasets.DATA_DIR_ENV}); default: static/, downloaded once")
     parser.add_argument("--train_batch_size", type=positive(int), default=256, help="points per optimisation step")
     parser.add_argument("--eval_batch_size", type=positive(int), default=1000, help="points sampled for each frame and for the evaluation")
@@ -448,6 +512,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--hidden_layers", type=positive(int), default=3, help="residual blocks in the MLP")
     parser.add_argument("--time_embedding", default="sinusoidal", choices=TIME_EMBEDDINGS, help="how the MLP sees t")
     parser.add_argument("--input_embedding", default="sinusoidal", choices=INPUT_EMBEDDINGS, help="how the MLP sees x and y")
+    parser.add_argument("--cond_drop_prob", type=float, default=0.1, help="for datasets with classes: how often training hides the class, so the model also learns p(x) for guidance")
+    parser.add_argument("--class_label", default=None, help="sample only this class (default: every class in its share of the data)")
+    parser.add_argument("--guidance_scale", type=float, default=1.0, help="classifier-free guidance scale s: 1 plain conditional, >1 sharper classes, 0 unconditional")
     parser.add_argument("--ema_decay", type=float, default=0.995, help="decay of the moving average of the weights used for sampling, in [0, 1)")
     parser.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim"), help="ancestral DDPM steps, or DDIM steps")
     parser.add_argument("--num_inference_steps", type=positive(int), default=None, help="sampling steps, a subset of the T timesteps (default: all T)")
@@ -480,6 +547,10 @@ def check_config(config: dict) -> None:
         raise UsageError(f"--ema_decay must be in [0, 1), got {config['ema_decay']}")
     if not 0 <= config["eta"] <= 1:
         raise UsageError(f"--eta must be in [0, 1], got {config['eta']}")
+    if not 0 <= config["cond_drop_prob"] <= 1:
+        raise UsageError(f"--cond_drop_prob must be in [0, 1], got {config['cond_drop_prob']}")
+    if config["guidance_scale"] < 0:
+        raise UsageError(f"--guidance_scale must be at least 0, got {config['guidance_scale']}")
     name = config["experiment_name"]
     if not name or name in (".", "..") or any(sep in name for sep in "/\\") or name.startswith("."):
         raise UsageError(f"--experiment_name must be a plain folder name (no path separators, no leading dot), got {name!r}")
@@ -511,6 +582,7 @@ def prepare(argv) -> tuple[dict, dict | None]:
     """Parse and check the command line; load the checkpoint it names. Raises UsageError."""
     config, explicit = vars(build_parser().parse_args(argv)), explicit_options(argv)
     check_config(config)
+    datasets.load(config["dataset"], config["data_dir"])  # a bad name or file fails here, before anything is written
     out_dir = Path(config["exps_dir"]) / config["experiment_name"]
     device = resolve_device(config["device"])
     if config["resume"]:
@@ -536,6 +608,9 @@ def prepare(argv) -> tuple[dict, dict | None]:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    if vars(parser.parse_args(argv))["dataset"] == "list":
+        print("\n".join(datasets.DATASETS))
+        return 0
     try:
         config, checkpoint = prepare(argv)
         metrics = run(config, checkpoint)

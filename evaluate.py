@@ -47,16 +47,39 @@ SUPPORT_DISTANCE = {
 SUPPORT_TOLERANCE = 0.05
 
 
-def evaluate(samples: np.ndarray, dataset: str, seed: int = 0, data_dir: str | None = None) -> dict:
-    """Score (n, 2) samples against fresh draws of `dataset` (independent of the training set)."""
-    n = len(samples)
-    reference = datasets.get_dataset(dataset, n, seed=1000 + seed, data_dir=data_dir)
-    another = datasets.get_dataset(dataset, n, seed=2000 + seed, data_dir=data_dir)
+def _score(samples: np.ndarray, draw, seed: int) -> dict:
+    """W2 of samples against a fresh draw, beside the floor: W2 between two fresh draws."""
+    reference, another = draw(1000 + seed), draw(2000 + seed)
     w2, floor = wasserstein2(samples, reference), wasserstein2(another, reference)
-    metrics = {"dataset": dataset, "n": n, "w2": w2, "w2_floor": floor, "w2_ratio": w2 / floor}
-    if dataset in SUPPORT_DISTANCE:
-        distance = SUPPORT_DISTANCE[dataset](samples)
+    return {"w2": w2, "w2_floor": floor, "w2_ratio": w2 / floor}
+
+
+def class_leakage(samples: np.ndarray, labels: np.ndarray, dataset: datasets.Dataset, seed: int = 0) -> np.ndarray:
+    """For each sample, whether it lies nearer another class's data than its own class's."""
+    references = [dataset.draw(2000, 3000 + seed, label=k)[0] for k in range(len(dataset.classes))]
+    nearest = np.stack([cdist(samples, reference).min(axis=1) for reference in references], axis=1)  # (n, classes)
+    return nearest.argmin(axis=1) != labels
+
+
+def evaluate(samples: np.ndarray, dataset, seed: int = 0, data_dir: str | None = None, labels: np.ndarray | None = None) -> dict:
+    """Score (n, 2) samples against fresh draws of `dataset` (a name or a datasets.Dataset), independent of the
+    training set. For a conditional dataset, labels (n,) give each sample's class: each class is scored against
+    its own distribution too, and the class leakage is measured."""
+    dataset = datasets.load(dataset, data_dir) if isinstance(dataset, str) else dataset
+    n = len(samples)
+    only = int(labels[0]) if labels is not None and len(np.unique(labels)) == 1 else None  # one class asked for
+    metrics = {"dataset": dataset.name, "n": n, **_score(samples, lambda s: dataset.draw(n, s, label=only)[0], seed)}
+    if dataset.name in SUPPORT_DISTANCE:
+        distance = SUPPORT_DISTANCE[dataset.name](samples)
         metrics["off_support_fraction"] = float(np.mean(distance > SUPPORT_TOLERANCE))
+    if dataset.classes and labels is not None:
+        leaked = class_leakage(samples, labels, dataset, seed)
+        metrics["class_leakage"] = float(leaked.mean())
+        metrics["per_class"] = {}
+        for k in np.unique(labels):
+            mine = labels == k
+            score = _score(samples[mine], lambda s: dataset.draw(int(mine.sum()), s, label=int(k))[0], seed)
+            metrics["per_class"][dataset.classes[k]] = score | {"n": int(mine.sum()), "class_leakage": float(leaked[mine].mean())}
     return metrics
 
 
@@ -64,13 +87,16 @@ def format_metrics(metrics: dict) -> str:
     text = f"W2 {metrics['w2']:.4f}  floor {metrics['w2_floor']:.4f}  ratio {metrics['w2_ratio']:.3f}"
     if "off_support_fraction" in metrics:
         text += f"  off-support {100 * metrics['off_support_fraction']:.2f}%"
+    if "per_class" in metrics:
+        text += "  | per class ratio: " + ", ".join(f"{name} {m['w2_ratio']:.3f}" for name, m in metrics["per_class"].items())
+        text += f"  leakage {100 * metrics['class_leakage']:.2f}%"
     return text
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", type=Path, help="an experiment folder, or a frames.npy of shape (frames, N, 2)")
-    parser.add_argument("--dataset", choices=list(datasets.DATASETS), help="default: the run's config.json")
+    parser.add_argument("--dataset", help="a dataset name, comma-separated names or a file (default: the run's config.json)")
     parser.add_argument("--frame", type=int, default=-1, help="which frame to score")
     parser.add_argument("--seed", type=int, default=0, help="seed of the reference draws")
     parser.add_argument("--data_dir", help="folder holding DatasaurusDozen.tsv")
@@ -83,7 +109,12 @@ def main(argv=None):
     if not frames_path.is_file():
         parser.error(f"{frames_path} not found")
     frames = np.load(frames_path)
-    print(format_metrics(evaluate(frames[args.frame], dataset, args.seed, args.data_dir)))
+    labels_path = frames_path.parent / "frame_labels.npy"
+    labels = np.load(labels_path) if labels_path.is_file() else None
+    try:
+        print(format_metrics(evaluate(frames[args.frame], dataset, args.seed, args.data_dir, labels)))
+    except datasets.DatasetError as err:
+        parser.error(str(err))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def load_sampler(checkpoint_path: Path):
     """The EMA model, schedule and clip range of a run's model.pth."""
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     config = checkpoint["config"]
-    ema = AveragedModel(ddpm.make_model(config))
+    ema = AveragedModel(ddpm.make_model(config, len(checkpoint["classes"])))
     ema.load_state_dict(checkpoint["ema"])
     schedule = ddpm.NoiseSchedule.named(config["beta_schedule"], config["num_timesteps"])
     return ema.module.eval(), schedule, checkpoint["clip_range"], config
@@ -78,6 +78,32 @@ def draw_process_figures(run_dir: Path, out_dir: Path) -> list[Path]:
     return paths
 
 
+GUIDED = ["--dataset", "dino,star,bullseye", "--num_epochs", "400", "--save_images_step", "50"]
+GUIDANCE_SCALES = ["1", "1.5", "2", "3"]
+
+
+def guidance_sweep(exps_dir: Path) -> str:
+    """A conditional model of three shapes, sampled one class at a time at several guidance scales:
+    static/guidance.png (a row per scale, a column per class) and its table."""
+    model_dir = ablate.run_once(GUIDED, exps_dir)
+    classes = torch.load(model_dir / "model.pth", weights_only=True)["classes"]
+    cells, labels, rows = [], [], []
+    for scale in GUIDANCE_SCALES:
+        row, ratios = [], []
+        for k, name in enumerate(classes):
+            args = ["--checkpoint", str(model_dir / "model.pth"), "--num_epochs", "0", "--class_label", name, "--guidance_scale", scale]
+            out = ablate.run_once(args, exps_dir)
+            metrics = json.loads((out / "metrics.json").read_text())
+            row.append(np.load(out / "frames.npy")[-1])
+            ratios.append(metrics["w2_ratio"])
+            rows.append({"guidance_scale": scale, "class": name, "w2_ratio": metrics["w2_ratio"], "class_leakage": metrics["class_leakage"]})
+        cells.append(row)
+        labels.append(f"s = {scale}")
+    plots.save_grid(cells, STATIC_DIR / "guidance.png", row_labels=labels, col_labels=classes, title="guidance scale",
+                    classes=[[np.full(len(points), k) for k, points in enumerate(row)] for row in cells])
+    return ablate.write_table(rows, exps_dir / "ablations" / "guidance")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exps_dir", type=Path, default=ddpm.PROJECT_DIR / "exps")
@@ -102,6 +128,7 @@ def main(argv=None) -> None:
     extra = ["--checkpoint", str(args.exps_dir / ablate.run_name([]) / "model.pth"), "--num_epochs", "0", "--sampler", "ddim", "--num_inference_steps", "20"]
     rows = ablate.sweep("eta", ["0", "0.3", "0.5", "0.7", "1"], extra, args.exps_dir, args.exps_dir / "ablations" / "ddim_eta.png")
     tables.append("### DDIM eta at 20 steps, dino\n\n" + ablate.write_table(rows, args.exps_dir / "ablations" / "ddim_eta"))
+    tables.append("### Classifier-free guidance, dino,star,bullseye\n\n" + guidance_sweep(args.exps_dir))
     text = "\n\n".join(tables) + "\n"
     (args.exps_dir / "ablations" / "tables.md").write_text(text)
     print(text)

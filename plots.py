@@ -9,24 +9,33 @@ import numpy as np  # noqa: E402
 from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
 
 LIMIT = 6.0  # all datasets fit in [-6, 6]^2, as in the original's plots
-POINT = dict(s=3, alpha=0.5, color="tab:blue", linewidths=0)
+POINT = dict(s=3, alpha=0.5, linewidths=0)
 CELL_INCHES, DPI = 1.8, 80
 
 
-def _square_axes(ax) -> None:
-    ax.set_xlim(-LIMIT, LIMIT)
-    ax.set_ylim(-LIMIT, LIMIT)
-    ax.set_aspect("equal")
+def _square_axes(ax, limits=None) -> None:
+    """limits: (xmin, xmax, ymin, ymax), default [-6, 6]^2."""
+    xmin, xmax, ymin, ymax = limits or (-LIMIT, LIMIT, -LIMIT, LIMIT)
+    ax.set_xlim(xmin, xmax)
+    ax.set_ylim(ymin, ymax)
+    ax.set_aspect("equal" if limits is None else "auto")
     ax.set_xticks([])
     ax.set_yticks([])
 
 
-def save_frames(frames: np.ndarray, epochs: list[int], folder: Path) -> None:
-    """One PNG per saved frame: folder/NNNN.png, NNNN the index of the frame."""
+def _style(labels=None) -> dict:
+    """Scatter style; one colour per class when there are labels."""
+    if labels is None:
+        return POINT | {"color": "tab:blue"}
+    return POINT | {"c": labels, "cmap": "tab10", "vmin": 0, "vmax": 9}
+
+
+def save_frames(frames: np.ndarray, epochs: list[int], folder: Path, labels=None, limits=None) -> None:
+    """One PNG per saved frame: folder/NNNN.png, NNNN the index of the frame; labels (N,) colour the classes."""
     folder.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(4, 4))
-    _square_axes(ax)
-    scatter = ax.scatter(frames[0][:, 0], frames[0][:, 1], **POINT)
+    _square_axes(ax, limits)
+    scatter = ax.scatter(frames[0][:, 0], frames[0][:, 1], **_style(labels))
     for i, (points, epoch) in enumerate(zip(frames, epochs)):
         scatter.set_offsets(points)  # redraw only the points: one figure for all frames
         ax.set_title(f"epoch {epoch}")
@@ -34,8 +43,8 @@ def save_frames(frames: np.ndarray, epochs: list[int], folder: Path) -> None:
     plt.close(fig)
 
 
-def save_grid(cells: list[list[np.ndarray]], path: Path, row_labels=None, col_labels=None, title=None) -> None:
-    """A grid of scatter plots: cells[row][col] is an (N, 2) point set."""
+def save_grid(cells: list[list[np.ndarray]], path: Path, row_labels=None, col_labels=None, title=None, classes=None) -> None:
+    """A grid of scatter plots: cells[row][col] is an (N, 2) point set, classes[row][col] its (N,) labels."""
     rows, cols = len(cells), len(cells[0])
     fig, axes = plt.subplots(rows, cols, figsize=(cols * CELL_INCHES, rows * CELL_INCHES), squeeze=False)
     if title:
@@ -44,7 +53,7 @@ def save_grid(cells: list[list[np.ndarray]], path: Path, row_labels=None, col_la
         for c, points in enumerate(row):
             ax = axes[r][c]
             _square_axes(ax)
-            ax.scatter(points[:, 0], points[:, 1], **POINT)
+            ax.scatter(points[:, 0], points[:, 1], **_style(None if classes is None else classes[r][c]))
             if col_labels and r == 0:
                 ax.set_title(col_labels[c], fontsize=9)
             if row_labels and c == 0:
@@ -58,7 +67,7 @@ def save_animation(point_sets: list[np.ndarray], titles: list[str], path: Path, 
     """A GIF showing one point set per frame (matplotlib's Pillow writer)."""
     fig, ax = plt.subplots(figsize=(3, 3))
     _square_axes(ax)
-    scatter = ax.scatter(point_sets[0][:, 0], point_sets[0][:, 1], **POINT)
+    scatter = ax.scatter(point_sets[0][:, 0], point_sets[0][:, 1], **_style())
 
     def draw(i):
         scatter.set_offsets(point_sets[i])

@@ -16,7 +16,7 @@ def ddpm(*args, cwd=PROJECT_DIR):
 
 
 def test_help_documents_every_option_with_its_default():
-    out = ddpm("-h").stdout
+    out = " ".join(ddpm("-h").stdout.split())  # undo argparse's line wrapping
     for option in ["--dataset", "--train_batch_size", "--num_timesteps", "--beta_schedule", "--time_embedding", "--seed", "--device"]:
         assert option in out
     assert "(default: dino)" in out

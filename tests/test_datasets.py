@@ -10,10 +10,10 @@ from conftest import SHARED_DATA, needs_datasaurus
 
 import datasets
 
-BOXES = {"dino": 4.5, "moons": 4.0, "line": 4.0, "circle": 3.1}  # every point lies in [-box, box]^2
+BOXES = {"moons": 4.0, "line": 4.0, "circle": 3.1} | {shape: 4.6 for shape in datasets.DATASAURUS_SHAPES}  # points lie in [-box, box]^2
 
 
-@pytest.mark.parametrize("name", [pytest.param(name, marks=needs_datasaurus if name == "dino" else ()) for name in datasets.DATASETS])
+@pytest.mark.parametrize("name", [pytest.param(name, marks=needs_datasaurus if name in datasets.DATASAURUS_SHAPES else ()) for name in datasets.DATASETS])
 def test_every_dataset_draws_n_points_in_its_box_deterministically_per_seed(name):
     points = datasets.get_dataset(name, 500, seed=1)
     assert points.shape == (500, 2) and points.dtype == np.float32

@@ -21,8 +21,8 @@ def test_w2_is_the_best_of_all_pairings():
 
 def test_true_draws_score_near_1_and_noise_scores_far_above():
     rng = np.random.default_rng(2)
-    true = evaluate.evaluate(evaluate.datasets.get_dataset("moons", 1000, seed=3), "moons")
-    noise = evaluate.evaluate(rng.normal(size=(1000, 2)).astype(np.float32), "moons")
+    true = evaluate.evaluate(evaluate.datasets.get_dataset("line", 1000, seed=3), "line")
+    noise = evaluate.evaluate(rng.normal(size=(1000, 2)).astype(np.float32), "line")
     assert 0.7 < true["w2_ratio"] < 1.4
     assert noise["w2_ratio"] > 3
 

@@ -72,14 +72,14 @@ class OracleEps(torch.nn.Module):
         super().__init__()
         self.s, self.c = s, c
 
-    def forward(self, x_t, t):
+    def forward(self, x_t, t, c=None):
         a = self.s.alphas_cumprod[t, None]
         return (x_t - a.sqrt() * self.c) / (1 - a).sqrt()
 
 
 def test_ddim_with_all_steps_and_eta_0_is_deterministic_and_finds_a_point_mass():
     s, c = schedule(), torch.tensor([1.5, -0.5])
-    run = lambda seed: ddpm.sample(OracleEps(s, c), s, 100, torch.Generator().manual_seed(seed), "ddim")  # noqa: E731
+    run = lambda seed: ddpm.sample(OracleEps(s, c), s, 100, torch.Generator().manual_seed(seed), sampler="ddim")  # noqa: E731
     first = run(0)
     assert torch.allclose(first, c.expand(100, 2), atol=1e-4)
     assert torch.allclose(run(0), first)
@@ -87,5 +87,5 @@ def test_ddim_with_all_steps_and_eta_0_is_deterministic_and_finds_a_point_mass()
 
 def test_ddpm_sampler_with_few_steps_finds_a_point_mass():
     s, c = schedule(), torch.tensor([-2.0, 3.0])
-    x_0 = ddpm.sample(OracleEps(s, c), s, 100, torch.Generator().manual_seed(0), "ddpm", num_inference_steps=7)
+    x_0 = ddpm.sample(OracleEps(s, c), s, 100, torch.Generator().manual_seed(0), sampler="ddpm", num_inference_steps=7)
     assert torch.allclose(x_0, c.expand(100, 2), atol=1e-4)

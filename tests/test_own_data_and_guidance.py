@@ -1,0 +1,145 @@
+"""Your own points files, every Datasaurus shape, classes and classifier-free guidance."""
+import numpy as np
+import pytest
+import torch
+from conftest import needs_datasaurus
+
+import datasets
+import ddpm
+import evaluate
+
+POINTS = np.random.default_rng(0).normal(size=(50, 2)) * [10.0, 2.0] + [100.0, -5.0]
+
+
+def test_a_csv_with_x_and_y_columns_and_labels(tmp_path):
+    path = tmp_path / "points.csv"
+    path.write_text("id,y,x,label\n" + "".join(f"{i},{y},{x},{'ab'[i % 2]}\n" for i, (x, y) in enumerate(POINTS)))
+    points, labels, classes = datasets.read_points_file(path)
+    assert np.allclose(points, POINTS) and classes == ["a", "b"] and labels.tolist() == [i % 2 for i in range(50)]
+
+
+def test_without_x_and_y_the_first_two_numeric_columns_are_used(tmp_path):
+    path = tmp_path / "points.tsv"
+    path.write_text("name\tu\tv\tw\n" + "".join(f"p{i}\t{x}\t{y}\t7\n" for i, (x, y) in enumerate(POINTS)))
+    points, labels, classes = datasets.read_points_file(path)
+    assert np.allclose(points, POINTS) and labels is None and classes == []
+
+
+def test_an_npy_file_of_points(tmp_path):
+    np.save(tmp_path / "points.npy", POINTS)
+    assert np.allclose(datasets.read_points_file(tmp_path / "points.npy")[0], POINTS)
+
+
+@pytest.mark.parametrize(
+    "name, content, problem",
+    [
+        ("missing.csv", None, "file not found"),
+        ("empty.csv", "", "cannot be read"),
+        ("header.csv", "x,y\n", "is empty"),
+        ("one.csv", "x,name\n1,a\n" * 1, "needs two numeric columns"),
+        ("nan.csv", "x,y\n" + "1,2\n" * 20 + "nan,3\n", "rows have missing, non-numeric, NaN or infinite"),
+        ("inf.csv", "x,y\n" + "1,2\n" * 20 + "inf,3\n", "rows have missing, non-numeric, NaN or infinite"),
+        ("text.csv", "x,y\n" + "1,2\n" * 20 + "one,3\n", "rows have missing, non-numeric"),
+        ("few.csv", "x,y\n" + "1,2\n" * 9, "has 9 points; at least 10"),
+    ],
+)
+def test_a_bad_points_file_is_a_one_line_error_naming_file_and_problem(tmp_path, capsys, name, content, problem):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as exit:
+        ddpm.main(["--dataset", str(path), "--exps_dir", str(tmp_path / "exps")])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.count("\n") == 1
+    assert str(path) in err and problem in err
+
+
+def test_dataset_list_prints_every_name(capsys):
+    assert ddpm.main(["--dataset", "list"]) == 0
+    names = capsys.readouterr().out.split()
+    assert len(names) == 16 and {"dino", "star", "bullseye", "x_shape", "datasaurus_circle", "moons", "line", "circle"} <= set(names)
+
+
+@needs_datasaurus
+def test_every_datasaurus_shape_is_its_142_rows_jittered_and_rescaled_like_dino():
+    table = datasets.datasaurus_table()
+    for name, shape in datasets.DATASAURUS_SHAPES.items():
+        rows = table.loc[table["dataset"] == shape, ["x", "y"]].to_numpy()
+        assert len(rows) == 142
+        scaled = np.stack(((rows[:, 0] / 54 - 1) * 4, (rows[:, 1] / 48 - 1) * 4), axis=1)
+        points = datasets.get_dataset(name, 500, seed=0)
+        assert np.linalg.norm(points[:, None] - scaled[None], axis=2).min(axis=1).max() < 0.1, name
+
+
+@needs_datasaurus
+def test_a_comma_separated_list_makes_one_class_per_dataset():
+    dataset = datasets.load("dino,star")
+    points, labels = dataset.draw(1000, seed=0)
+    assert dataset.classes == ["dino", "star"] and set(labels) == {0, 1}
+    star = dataset.draw(100, seed=0, label=1)[0]
+    assert np.array_equal(star, datasets.get_dataset("star", 100, seed=0))
+
+
+def test_moons_classes_are_its_two_moons():
+    dataset = datasets.load("moons")
+    upper, lower = dataset.draw(500, 0, label=0)[0], dataset.draw(500, 0, label=1)[0]
+    assert dataset.classes == ["upper", "lower"] and upper[:, 1].mean() > lower[:, 1].mean()
+
+
+class SpyModel(torch.nn.Module):
+    num_classes = 3
+
+    def forward(self, x_t, t, c=None):
+        self.seen = c
+        return torch.zeros_like(x_t, requires_grad=True)
+
+
+@pytest.mark.parametrize("p, expected_null", [(0.0, 0), (1.0, 1000)])
+def test_cond_drop_prob_replaces_classes_by_the_null_class(p, expected_null):
+    model, schedule = SpyModel(), ddpm.NoiseSchedule.named("cosine", 10)
+    ddpm.loss_fn(model, schedule, torch.zeros(1000, 2), torch.zeros(1000, dtype=torch.long), cond_drop_prob=p)
+    assert (model.seen == 3).sum().item() == expected_null
+
+
+def test_about_a_tenth_of_the_classes_are_dropped_at_0_1():
+    model, schedule = SpyModel(), ddpm.NoiseSchedule.named("cosine", 10)
+    ddpm.loss_fn(model, schedule, torch.zeros(20000, 2), torch.ones(20000, dtype=torch.long), cond_drop_prob=0.1)
+    assert abs((model.seen == 3).float().mean().item() - 0.1) < 0.01
+
+
+def test_guidance_mixes_conditional_and_unconditional_eps_as_in_ho_and_salimans():
+    model = ddpm.MLP(hidden_size=16, hidden_layers=1, embedding_size=8, num_classes=2)
+    x_t, t, c = torch.randn(5, 2), torch.randint(0, 10, (5,)), torch.tensor([0, 1, 0, 1, 1])
+    eps_c, eps_null = model(x_t, t, c), model(x_t, t, None)
+    assert torch.allclose(ddpm.guided_eps(model, x_t, t, c, 1.0), eps_c)
+    assert torch.allclose(ddpm.guided_eps(model, x_t, t, c, 0.0), eps_null, atol=1e-6)
+    assert torch.allclose(ddpm.guided_eps(model, x_t, t, c, 3.0), eps_null + 3 * (eps_c - eps_null), atol=1e-5)
+
+
+def test_leakage_counts_samples_nearer_another_class():
+    dataset = datasets.load("moons")
+    upper = dataset.draw(100, 5, label=0)[0]
+    labels = np.array([0] * 90 + [1] * 10)  # the last ten claim to be lower moons
+    assert evaluate.class_leakage(upper, labels, dataset).mean() == pytest.approx(0.1)
+
+
+def test_a_conditional_run_on_own_data_samples_every_class_in_its_units(tmp_path):
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.normal([100, 50], 2, (300, 2)), rng.normal([140, 50], 2, (300, 2))])
+    path = tmp_path / "two.csv"
+    path.write_text("x,y,label\n" + "".join(f"{x},{y},{'left' if i < 300 else 'right'}\n" for i, (x, y) in enumerate(points)))
+    args = ["--dataset", str(path), "--num_epochs", "40", "--train_batch_size", "64", "--eval_batch_size", "200", "--save_images_step", "10", "--exps_dir", str(tmp_path)]
+    assert ddpm.main(args) == 0
+    frames, labels = np.load(tmp_path / "base" / "frames.npy"), np.load(tmp_path / "base" / "frame_labels.npy")
+    assert labels.tolist() == [0] * 100 + [1] * 100
+    last = frames[-1]
+    assert abs(last[labels == 0, 0].mean() - 100) < 5 and abs(last[labels == 1, 0].mean() - 140) < 5  # back in the data's units
+    checkpoint = torch.load(tmp_path / "base" / "model.pth", weights_only=True)
+    assert checkpoint["classes"] == ["left", "right"] and abs(checkpoint["shift"][0].item() - 120) < 1
+    metrics = ddpm.json.loads((tmp_path / "base" / "metrics.json").read_text())
+    assert set(metrics["per_class"]) == {"left", "right"} and metrics["class_leakage"] < 0.05
+
+    assert ddpm.main(["--checkpoint", str(tmp_path / "base" / "model.pth"), "--num_epochs", "0", "--class_label", "right",
+                      "--guidance_scale", "2", "--eval_batch_size", "100", "--exps_dir", str(tmp_path), "--experiment_name", "right"]) == 0
+    right = np.load(tmp_path / "right" / "frames.npy")[-1]
+    assert abs(right[:, 0].mean() - 140) < 5
