@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import ddpm
+import evaluate
 import plots
 
 STATIC_DIR = ddpm.PROJECT_DIR / "static"
@@ -44,12 +45,21 @@ def run_once(args: list[str], exps_dir: Path) -> Path:
     return out
 
 
+def score(out: Path) -> dict:
+    """The run's metrics, with the evaluation redone on its last frame so tables follow evaluate.py."""
+    config = json.loads((out / "config.json").read_text())
+    labels = np.load(out / "frame_labels.npy") if (out / "frame_labels.npy").is_file() else None
+    samples = np.load(out / "frames.npy")[-1]
+    metrics = json.loads((out / "metrics.json").read_text())
+    return metrics | evaluate.evaluate(samples, config["dataset"], seed=config["seed"], data_dir=config["data_dir"], labels=labels)
+
+
 def sweep(param: str, values: list[str], extra: list[str], exps_dir: Path, figure: Path) -> list[dict]:
     """Run every value, draw the grid to `figure`, return one row of numbers per value."""
     rows, cells, labels, col_labels = [], [], [], None
     for value in values:
         out = run_once([f"--{param}", value, *extra], exps_dir)
-        metrics = json.loads((out / "metrics.json").read_text())
+        metrics = score(out)
         config = json.loads((out / "config.json").read_text())
         frames = np.load(out / "frames.npy")  # (frames, N, 2)
         shown = np.unique(np.linspace(0, len(frames) - 1, COLUMNS).round().astype(int))

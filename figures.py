@@ -93,7 +93,7 @@ def guidance_sweep(exps_dir: Path) -> str:
         for k, name in enumerate(classes):
             args = ["--checkpoint", str(model_dir / "model.pth"), "--num_epochs", "0", "--class_label", name, "--guidance_scale", scale]
             out = ablate.run_once(args, exps_dir)
-            metrics = json.loads((out / "metrics.json").read_text())
+            metrics = ablate.score(out)
             row.append(np.load(out / "frames.npy")[-1])
             ratios.append(metrics["w2_ratio"])
             rows.append({"guidance_scale": scale, "class": name, "w2_ratio": metrics["w2_ratio"], "class_leakage": metrics["class_leakage"]})
