@@ -57,6 +57,9 @@ def assert_one_line_error(code, err, *phrases, exit_code=2):
         (["--experiment_name", ".."], "plain folder name"),
         (["--ema_decay", "1"], "--ema_decay must be in [0, 1)"),
         (["--eta", "2"], "--eta must be in [0, 1]"),
+        (["--cond_drop_prob", "1.5"], "--cond_drop_prob must be in [0, 1]"),
+        (["--guidance_scale", "-1"], "--guidance_scale must be at least 0"),
+        (["--dataset", "moons", "--class_label", "left"], "is not a class of moons: its classes are upper, lower"),
     ],
 )
 def test_bad_arguments_are_one_line_errors_with_exit_code_2(capsys, tmp_path, args, phrase):
