@@ -67,7 +67,7 @@ def sweep(param: str, values: list[str], extra: list[str], exps_dir: Path, figur
         if config["num_epochs"] == 0:  # sampled from a checkpoint: one frame
             col_labels = ["samples"]
         else:
-            frame_epochs = [e for e in range(config["num_epochs"]) if e % config["save_images_step"] == 0 or e == config["num_epochs"] - 1]
+            frame_epochs = [e for e in range(config["num_epochs"]) if ddpm.is_frame_epoch(e, config)]
             col_labels = [f"epoch {frame_epochs[i]}" for i in shown]
         labels.append(f"{value}\nW2 ratio {metrics['w2_ratio']:.2f}")
         row = {param: value, "dataset": config["dataset"], "w2": metrics["w2"], "w2_floor": metrics["w2_floor"], "w2_ratio": metrics["w2_ratio"]}

@@ -253,6 +253,11 @@ def make_model(config: dict, num_classes: int = 0) -> MLP:
     return MLP(config["hidden_size"], config["hidden_layers"], config["embedding_size"], config["time_embedding"], config["input_embedding"], num_classes)
 
 
+def is_frame_epoch(epoch: int, config: dict) -> bool:
+    """Frames are sampled every save_images_step epochs and after the last one."""
+    return epoch % config["save_images_step"] == 0 or epoch == config["num_epochs"] - 1
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -327,6 +332,11 @@ class Run:
         self.frame_epochs.append(self.epoch)
         self.frame_seconds += time.perf_counter() - tic
 
+    @property
+    def frame_labels(self) -> np.ndarray | None:
+        """The class of each frame point as (N,) numpy, or None without classes."""
+        return None if self.frame_classes is None else self.frame_classes.cpu().numpy()
+
     def _frame_classes(self) -> torch.Tensor | None:
         """The class of each frame point: --class_label, else every class in its share of the data."""
         if not self.classes:
@@ -368,7 +378,7 @@ class Run:
                     return "diverged"
                 bar.set_postfix(loss=f"{epoch_loss:.4f}", refresh=False)
                 bar.update(B)
-                if self.epoch % config["save_images_step"] == 0 or self.epoch == config["num_epochs"] - 1:
+                if is_frame_epoch(self.epoch, config):
                     self.sample_frame()
                 self.epoch += 1
                 if ctrl_c.requested:
@@ -404,12 +414,11 @@ def save_outputs(out_dir: Path, run: Run, losses: torch.Tensor, with_checkpoint:
     write_atomically(out_dir / "loss.npy", lambda f: np.save(f, losses.cpu().numpy()))
     plots.save_loss(losses.cpu().numpy(), out_dir / "loss.png")
     write_atomically(out_dir / "frames.npy", lambda f: np.save(f, frames))
-    frame_labels = None if run.frame_classes is None else run.frame_classes.cpu().numpy()
-    if frame_labels is not None:
-        write_atomically(out_dir / "frame_labels.npy", lambda f: np.save(f, frame_labels))
+    if run.frame_labels is not None:
+        write_atomically(out_dir / "frame_labels.npy", lambda f: np.save(f, run.frame_labels))
     shutil.rmtree(out_dir / "images", ignore_errors=True)
     if len(frames):
-        plots.save_frames(frames, run.frame_epochs, out_dir / "images", frame_labels, run.plot_limits)
+        plots.save_frames(frames, run.frame_epochs, out_dir / "images", run.frame_labels, run.plot_limits)
     if with_checkpoint:
         write_atomically(out_dir / "model.pth", lambda f: torch.save(run.checkpoint(), f))
 
@@ -458,8 +467,7 @@ def run(config: dict, checkpoint: dict | None = None) -> dict:
         state.sample_frame()
 
     tic = time.perf_counter()
-    frame_labels = None if state.frame_classes is None else state.frame_classes.cpu().numpy()
-    metrics = evaluate.evaluate(state.frames[-1].numpy(), dataset, seed=config["seed"], labels=frame_labels)
+    metrics = evaluate.evaluate(state.frames[-1].numpy(), dataset, seed=config["seed"], labels=state.frame_labels)
     evaluate_seconds = time.perf_counter() - tic
     tic = time.perf_counter()
     save_outputs(out_dir, state, state.losses)

@@ -35,7 +35,7 @@ SNAPSHOTS = 6  # panels in the forward and reverse figures
 
 def load_sampler(checkpoint_path: Path):
     """The EMA model, schedule and clip range of a run's model.pth."""
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    checkpoint = ddpm.load_checkpoint(checkpoint_path, torch.device("cpu"))
     config = checkpoint["config"]
     ema = AveragedModel(ddpm.make_model(config, len(checkpoint["classes"])))
     ema.load_state_dict(checkpoint["ema"])
@@ -86,7 +86,7 @@ def guidance_sweep(exps_dir: Path) -> str:
     """A conditional model of three shapes, sampled one class at a time at several guidance scales:
     static/guidance.png (a row per scale, a column per class) and its table."""
     model_dir = ablate.run_once(GUIDED, exps_dir)
-    classes = torch.load(model_dir / "model.pth", weights_only=True)["classes"]
+    classes = ddpm.load_checkpoint(model_dir / "model.pth", torch.device("cpu"))["classes"]
     cells, labels, rows = [], [], []
     for scale in GUIDANCE_SCALES:
         row, ratios = [], []
