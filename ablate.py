@@ -23,11 +23,18 @@ STATIC_DIR = ddpm.PROJECT_DIR / "static"
 COLUMNS = 6  # saved epochs shown per row
 
 
+def _shown(key: str, value) -> str:
+    """An option's value as a folder name takes it: a checkpoint by its run's folder, a list comma-joined."""
+    if key == "checkpoint":
+        return Path(value).parent.name
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def run_name(args: list[str]) -> str:
     """A run is named by the options that differ from the defaults, so sweeps share their runs."""
     parser = ddpm.build_parser()
     defaults, config = vars(parser.parse_args([])), vars(parser.parse_args(args))
-    changed = [f"{k}={Path(str(v)).parent.name if k == 'checkpoint' else v}" for k, v in config.items() if v != defaults[k] and k not in ("experiment_name", "exps_dir", "data_dir", "device")]
+    changed = [f"{k}={_shown(k, v)}" for k, v in config.items() if v != defaults[k] and k not in ("experiment_name", "exps_dir", "data_dir", "device")]
     return "ablate_" + ("_".join(changed) or "defaults")
 
 
@@ -35,10 +42,11 @@ def run_once(args: list[str], exps_dir: Path) -> Path:
     """Train with `args` into exps_dir/<run_name>, unless a finished run with the same options is there."""
     name = run_name(args)
     out = exps_dir / name
-    wanted = {k: v for k, v in vars(ddpm.build_parser().parse_args(args)).items() if k not in ddpm.RUN_FIELDS}
+    parser = ddpm.build_parser()
+    defaults, wanted = vars(parser.parse_args([])), {k: v for k, v in vars(parser.parse_args(args)).items() if k not in ddpm.RUN_FIELDS}
     if (out / "metrics.json").is_file():
         saved = json.loads((out / "config.json").read_text())
-        if all(saved.get(k) == v for k, v in wanted.items()):
+        if all(saved.get(k, defaults[k]) == v for k, v in wanted.items()):  # a run from before an option existed had its default
             return out
     if ddpm.main([*args, "--exps_dir", str(exps_dir), "--experiment_name", name, "--overwrite"]) != 0:
         raise SystemExit(f"the run {name} failed")

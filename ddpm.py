@@ -201,8 +201,16 @@ def guided_eps(model, x_t, t, c, guidance_scale: float) -> torch.Tensor:
     return eps_null + guidance_scale * (eps_c - eps_null)
 
 
+def guided_at(t: int, num_timesteps: int, guidance_scale: float, guidance_interval=(0.0, 1.0)) -> float:
+    """The scale for the step from timestep t (0-based, the paper's t + 1): guidance_scale while (t + 1) / T
+    lies in the guidance interval (lo, hi], else 1, the plain conditional model. Kynkäänniemi et al. 2024
+    guide only in a limited interval of noise levels; (0, 1] guides every step."""
+    lo, hi = guidance_interval
+    return guidance_scale if lo < (t + 1) / num_timesteps <= hi else 1.0
+
+
 @torch.inference_mode()
-def reverse_process(model, schedule, n, generator, *, sampler="ddpm", num_inference_steps=None, eta=0.0, clip_range=None, c=None, guidance_scale=1.0):
+def reverse_process(model, schedule, n, generator, *, sampler="ddpm", num_inference_steps=None, eta=0.0, clip_range=None, c=None, guidance_scale=1.0, guidance_interval=(0.0, 1.0)):
     """Start from x_T ~ N(0, I) and step down to x_0, yielding (t, x_t) after each step, (T, x_T) first.
 
     c: (n,) class of each point, for a conditional model (None: unconditional)."""
@@ -212,7 +220,8 @@ def reverse_process(model, schedule, n, generator, *, sampler="ddpm", num_infere
     yield schedule.num_timesteps, x_t
     one = torch.ones((), device=device)
     for t, t_prev in zip(timesteps, timesteps[1:] + [-1]):
-        eps = guided_eps(model, x_t, torch.full((n,), t, device=device), c, guidance_scale)
+        s = guided_at(t, schedule.num_timesteps, guidance_scale, guidance_interval)
+        eps = guided_eps(model, x_t, torch.full((n,), t, device=device), c, s)
         alpha_bar_t = schedule.alphas_cumprod[t]
         alpha_bar_prev = schedule.alphas_cumprod[t_prev] if t_prev >= 0 else one
         z = torch.randn(n, 2, generator=generator, device=device)
@@ -326,7 +335,7 @@ class Run:
         generator = torch.Generator(self.data.device).manual_seed(config["seed"])  # same x_T every frame: the animation follows the same points
         x_0 = sample(
             self.ema.module, self.schedule, config["eval_batch_size"], generator, sampler=config["sampler"], num_inference_steps=config["num_inference_steps"],
-            eta=config["eta"], clip_range=self.clip_range if config["clip_x0"] else None, c=self.frame_classes, guidance_scale=config["guidance_scale"],
+            eta=config["eta"], clip_range=self.clip_range if config["clip_x0"] else None, c=self.frame_classes, guidance_scale=config["guidance_scale"], guidance_interval=config["guidance_interval"],
         )
         self.frames.append(x_0.cpu() * self.scale + self.shift)  # in the data's own units
         self.frame_epochs.append(self.epoch)
@@ -523,6 +532,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--cond_drop_prob", type=float, default=0.1, help="for datasets with classes: how often training hides the class, so the model also learns p(x) for guidance")
     parser.add_argument("--class_label", default=None, help="sample only this class (default: every class in its share of the data)")
     parser.add_argument("--guidance_scale", type=float, default=1.0, help="classifier-free guidance scale s: 1 plain conditional, >1 sharper classes, 0 unconditional")
+    parser.add_argument("--guidance_interval", type=float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"), help=(
+        "guide only the steps from x_t with LO < t/T <= HI, s = 1 elsewhere (Kynkäänniemi et al. 2024); "
+        "t/T runs from 1/T, nearly clean, to 1, pure noise"))
     parser.add_argument("--ema_decay", type=float, default=0.995, help="decay of the moving average of the weights used for sampling, in [0, 1)")
     parser.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim"), help="ancestral DDPM steps, or DDIM steps")
     parser.add_argument("--num_inference_steps", type=positive(int), default=None, help="sampling steps, a subset of the T timesteps (default: all T)")
@@ -559,6 +571,9 @@ def check_config(config: dict) -> None:
         raise UsageError(f"--cond_drop_prob must be in [0, 1], got {config['cond_drop_prob']}")
     if config["guidance_scale"] < 0:
         raise UsageError(f"--guidance_scale must be at least 0, got {config['guidance_scale']}")
+    lo, hi = config["guidance_interval"]
+    if not 0 <= lo < hi <= 1:
+        raise UsageError(f"--guidance_interval LO HI needs 0 <= LO < HI <= 1, got {lo:g} {hi:g}")
     name = config["experiment_name"]
     if not name or name in (".", "..") or any(sep in name for sep in "/\\") or name.startswith("."):
         raise UsageError(f"--experiment_name must be a plain folder name (no path separators, no leading dot), got {name!r}")

@@ -59,3 +59,14 @@ def test_an_ablation_sweep_draws_a_row_per_value_writes_its_table_and_reuses_its
     trained_at = checkpoint.stat().st_mtime_ns
     ablate.sweep("hidden_layers", ["1"], BASE, tmp_path, figure)
     assert checkpoint.stat().st_mtime_ns == trained_at  # reused, not trained again
+
+
+def test_a_run_saved_before_an_option_existed_is_reused_when_that_option_is_at_its_default(tmp_path):
+    out = ablate.run_once(TINY, tmp_path)
+    config = ddpm.json.loads((out / "config.json").read_text())
+    del config["guidance_interval"]  # as written before --guidance_interval existed
+    (out / "config.json").write_text(ddpm.json.dumps(config))
+    trained_at = (out / "model.pth").stat().st_mtime_ns
+    assert ablate.run_once(TINY, tmp_path) == out and (out / "model.pth").stat().st_mtime_ns == trained_at
+    other = ablate.run_once([*TINY, "--guidance_interval", "0", "0.5"], tmp_path)  # another value is another run
+    assert other != out and "_guidance_interval=0.0,0.5_" in other.name

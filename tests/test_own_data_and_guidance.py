@@ -116,6 +116,26 @@ def test_guidance_mixes_conditional_and_unconditional_eps_as_in_ho_and_salimans(
     assert torch.allclose(ddpm.guided_eps(model, x_t, t, c, 3.0), eps_null + 3 * (eps_c - eps_null), atol=1e-5)
 
 
+def test_the_guidance_interval_picks_which_steps_are_guided():
+    # T = 10: the step from timestep t sits at (t + 1) / T in the chain, 0.1 (nearly clean) .. 1.0 (pure noise).
+    scales = [ddpm.guided_at(t, 10, 3.0, (0.0, 0.3)) for t in range(10)]
+    assert scales == [3.0, 3.0, 3.0] + [1.0] * 7  # only the last three steps of sampling
+    assert [ddpm.guided_at(t, 10, 3.0, (0.5, 1.0)) for t in range(10)] == [1.0] * 5 + [3.0] * 5
+    assert all(ddpm.guided_at(t, 10, 3.0) == 3.0 for t in range(10))  # by default every step
+
+
+def test_sampling_guides_only_inside_the_interval():
+    class Spy(ddpm.MLP):  # a guided step asks for eps twice per point (class and null) in one batch
+        def forward(self, x_t, t, c=None):
+            self.batches.append((int(t[0]), len(x_t)))
+            return super().forward(x_t, t, c)
+
+    model, schedule = Spy(hidden_size=8, hidden_layers=1, embedding_size=8, num_classes=2), ddpm.NoiseSchedule.named("cosine", 10)
+    model.batches = []
+    ddpm.sample(model, schedule, 4, torch.Generator().manual_seed(0), c=torch.zeros(4, dtype=torch.long), guidance_scale=2.0, guidance_interval=(0.0, 0.2))
+    assert model.batches == [(t, 8 if t < 2 else 4) for t in range(9, -1, -1)]
+
+
 def test_leakage_counts_samples_nearer_another_class():
     dataset = datasets.load("moons")
     upper = dataset.draw(100, 5, label=0)[0]
@@ -140,6 +160,7 @@ def test_a_conditional_run_on_own_data_samples_every_class_in_its_units(tmp_path
     assert set(metrics["per_class"]) == {"left", "right"} and metrics["class_leakage"] < 0.05
 
     assert ddpm.main(["--checkpoint", str(tmp_path / "base" / "model.pth"), "--num_epochs", "0", "--class_label", "right",
-                      "--guidance_scale", "2", "--eval_batch_size", "100", "--exps_dir", str(tmp_path), "--experiment_name", "right"]) == 0
+                      "--guidance_scale", "2", "--guidance_interval", "0", "0.5", "--eval_batch_size", "100", "--exps_dir", str(tmp_path), "--experiment_name", "right"]) == 0
     right = np.load(tmp_path / "right" / "frames.npy")[-1]
     assert abs(right[:, 0].mean() - 140) < 5
+    assert ddpm.json.loads((tmp_path / "right" / "config.json").read_text())["guidance_interval"] == [0.0, 0.5]

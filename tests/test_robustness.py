@@ -59,6 +59,7 @@ def assert_one_line_error(code, err, *phrases, exit_code=2):
         (["--eta", "2"], "--eta must be in [0, 1]"),
         (["--cond_drop_prob", "1.5"], "--cond_drop_prob must be in [0, 1]"),
         (["--guidance_scale", "-1"], "--guidance_scale must be at least 0"),
+        (["--guidance_interval", "0.5", "0.2"], "--guidance_interval LO HI needs 0 <= LO < HI <= 1, got 0.5 0.2"),
         (["--dataset", "moons", "--class_label", "left"], "is not a class of moons: its classes are upper, lower"),
     ],
 )
