@@ -432,14 +432,11 @@ def save_outputs(out_dir: Path, run: Run, losses: torch.Tensor, with_checkpoint:
         write_atomically(out_dir / "model.pth", lambda f: torch.save(run.checkpoint(), f))
 
 
-def run(config: dict, checkpoint: dict | None = None) -> dict:
+def run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None) -> dict:
     """Train (or continue, or load) a model, sample frames with its EMA weights, evaluate, write exps/<name>/."""
     started = time.perf_counter()
     device = resolve_device(config["device"])
     torch.manual_seed(config["seed"])
-    dataset = datasets.load(config["dataset"], config["data_dir"])
-    if config["class_label"] is not None and config["class_label"] not in dataset.classes:
-        raise UsageError(f"--class_label {config['class_label']!r} is not a class of {dataset.name}: its classes are {', '.join(dataset.classes) or 'none'}")
     points, labels = (torch.from_numpy(array) for array in dataset.train_set())  # (m, 2), (m,)
     if checkpoint:
         shift, scale = checkpoint["shift"].cpu(), checkpoint["scale"].cpu()
@@ -601,13 +598,14 @@ def merge_checkpoint_config(config: dict, explicit: dict, saved: dict, fields) -
     return config | {field: saved[field] for field in fields}
 
 
-def prepare(argv) -> tuple[dict, dict | None]:
-    """Parse and check the command line; load the checkpoint it names. Raises UsageError."""
+def prepare(argv) -> tuple[dict, datasets.Dataset, dict | None]:
+    """Parse and check the command line; load the checkpoint and the dataset it names. Raises UsageError
+    (or DatasetError) before anything of an existing run is removed."""
     config, explicit = vars(build_parser().parse_args(argv)), explicit_options(argv)
     check_config(config)
-    datasets.load(config["dataset"], config["data_dir"])  # a bad name or file fails here, before anything is written
     out_dir = Path(config["exps_dir"]) / config["experiment_name"]
     device = resolve_device(config["device"])
+    checkpoint, replacing = None, not config["resume"] and out_dir.exists() and any(out_dir.iterdir())
     if config["resume"]:
         if config["checkpoint"]:
             raise UsageError("--resume continues <experiment_name>; do not give --checkpoint with it")
@@ -616,17 +614,20 @@ def prepare(argv) -> tuple[dict, dict | None]:
         config = merge_checkpoint_config(config, explicit, checkpoint["config"], fields)
         if checkpoint["epoch"] >= config["num_epochs"]:
             raise UsageError(f"{out_dir} finished all {config['num_epochs']} epochs: nothing to resume")
-        return config, checkpoint
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not config["overwrite"]:
+    else:
+        if replacing and not config["overwrite"]:
             raise UsageError(f"{out_dir} already holds a run: pass --overwrite to replace it, --resume to continue it, or choose another --experiment_name")
+        if config["checkpoint"]:
+            checkpoint = load_checkpoint(Path(config["checkpoint"]), device)
+            config = merge_checkpoint_config(config, explicit, checkpoint["config"], MODEL_FIELDS)
+    dataset = datasets.load(config["dataset"], config["data_dir"])  # the checkpoint's dataset, when there is one
+    if config["class_label"] is not None and config["class_label"] not in dataset.classes:
+        raise UsageError(f"--class_label {config['class_label']!r} is not a class of {dataset.name}: its classes are {', '.join(dataset.classes) or 'none'}")
+    if replacing:
         for name in OUTPUT_FILES:  # nothing of the replaced run may survive to be mistaken for the new one
             (out_dir / name).unlink(missing_ok=True)
         shutil.rmtree(out_dir / "images", ignore_errors=True)
-    if config["checkpoint"]:
-        checkpoint = load_checkpoint(Path(config["checkpoint"]), device)
-        return merge_checkpoint_config(config, explicit, checkpoint["config"], MODEL_FIELDS), checkpoint
-    return config, None
+    return config, dataset, checkpoint
 
 
 def main(argv=None) -> int:
@@ -635,8 +636,8 @@ def main(argv=None) -> int:
         print("\n".join(datasets.DATASETS))
         return 0
     try:
-        config, checkpoint = prepare(argv)
-        metrics = run(config, checkpoint)
+        config, dataset, checkpoint = prepare(argv)
+        metrics = run(config, dataset, checkpoint)
     except (UsageError, datasets.DatasetError) as err:
         parser.error(str(err))
     except TrainingError as err:
