@@ -75,7 +75,8 @@ def evaluate(samples: np.ndarray, dataset, seed: int = 0, data_dir: str | None =
     dataset = datasets.load(dataset, data_dir) if isinstance(dataset, str) else dataset
     n = len(samples)
     only = int(labels[0]) if labels is not None and len(np.unique(labels)) == 1 else None  # one class asked for
-    metrics = {"dataset": dataset.name, "n": n, **_score(samples, lambda s: dataset.draw(n, s, label=only)[0], seed)}
+    overall = _score(samples, lambda s: dataset.draw(n, s, label=only)[0], seed)
+    metrics = {"dataset": dataset.name, "n": n, **overall}
     if dataset.name in SUPPORT_DISTANCE:
         distance = SUPPORT_DISTANCE[dataset.name](samples)
         metrics["off_support_fraction"] = float(np.mean(distance > SUPPORT_TOLERANCE))
@@ -85,7 +86,8 @@ def evaluate(samples: np.ndarray, dataset, seed: int = 0, data_dir: str | None =
         metrics["per_class"] = {}
         for k in np.unique(labels):
             mine = labels == k
-            score = _score(samples[mine], lambda s: dataset.draw(int(mine.sum()), s, label=int(k))[0], seed)
+            # With one class asked for, the overall score already is that class's.
+            score = overall if only is not None else _score(samples[mine], lambda s: dataset.draw(int(mine.sum()), s, label=int(k))[0], seed)
             metrics["per_class"][dataset.classes[k]] = score | {"n": int(mine.sum()), "class_leakage": float(leaked[mine].mean())}
     return metrics
 
