@@ -8,6 +8,7 @@ Runs already in exps/ with the same options are reused. The grid has a row per v
 column per saved epoch (static/ablation_<param>.png); the numbers go to
 exps/ablations/<param>.csv and .md.
 """
+
 import argparse
 import json
 import sys
@@ -24,7 +25,8 @@ COLUMNS = 6  # saved epochs shown per row
 
 
 def _shown(key: str, value) -> str:
-    """An option's value as a folder name takes it: a checkpoint by its run's folder, a list comma-joined."""
+    """An option's value as a folder name shows it: a checkpoint by its run's folder, a list
+    comma-joined."""
     if key == "checkpoint":
         return Path(value).parent.name
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
@@ -34,35 +36,53 @@ def run_name(args: list[str]) -> str:
     """A run is named by the options that differ from the defaults, so sweeps share their runs."""
     parser = ddpm.build_parser()
     defaults, config = vars(parser.parse_args([])), vars(parser.parse_args(args))
-    changed = [f"{k}={_shown(k, v)}" for k, v in config.items() if v != defaults[k] and k not in ("experiment_name", "exps_dir", "data_dir", "device")]
+    changed = [
+        f"{k}={_shown(k, v)}"
+        for k, v in config.items()
+        if v != defaults[k] and k not in ("experiment_name", "exps_dir", "data_dir", "device")
+    ]
     return "ablate_" + ("_".join(changed) or "defaults")
 
 
 def run_once(args: list[str], exps_dir: Path) -> Path:
-    """Train with `args` into exps_dir/<run_name>, unless a finished run with the same options is there."""
+    """Train with `args` into exps_dir/<run_name>, unless a finished run with these options is
+    there."""
     name = run_name(args)
     out = exps_dir / name
     parser = ddpm.build_parser()
-    defaults, wanted = vars(parser.parse_args([])), {k: v for k, v in vars(parser.parse_args(args)).items() if k not in ddpm.RUN_FIELDS}
+    defaults, wanted = (
+        vars(parser.parse_args([])),
+        {k: v for k, v in vars(parser.parse_args(args)).items() if k not in ddpm.RUN_FIELDS},
+    )
     if (out / "metrics.json").is_file():
         saved = json.loads((out / "config.json").read_text())
-        if all(saved.get(k, defaults[k]) == v for k, v in wanted.items()):  # a run from before an option existed had its default
+        if all(
+            saved.get(k, defaults[k]) == v for k, v in wanted.items()
+        ):  # a run from before an option existed had its default
             return out
-    if ddpm.main([*args, "--exps_dir", str(exps_dir), "--experiment_name", name, "--overwrite"]) != 0:
+    if (
+        ddpm.main([*args, "--exps_dir", str(exps_dir), "--experiment_name", name, "--overwrite"])
+        != 0
+    ):
         raise SystemExit(f"the run {name} failed")
     return out
 
 
 def score(out: Path) -> dict:
-    """The run's metrics, with the evaluation redone on its last frame so tables follow evaluate.py."""
+    """The run's metrics, the evaluation redone on its last frame so tables follow evaluate.py."""
+
     config = json.loads((out / "config.json").read_text())
     labels = np.load(out / "frame_labels.npy") if (out / "frame_labels.npy").is_file() else None
     samples = np.load(out / "frames.npy")[-1]
     metrics = json.loads((out / "metrics.json").read_text())
-    return metrics | evaluate.evaluate(samples, config["dataset"], seed=config["seed"], data_dir=config["data_dir"], labels=labels)
+    return metrics | evaluate.evaluate(
+        samples, config["dataset"], seed=config["seed"], data_dir=config["data_dir"], labels=labels
+    )
 
 
-def sweep(param: str, values: list[str], extra: list[str], exps_dir: Path, figure: Path) -> list[dict]:
+def sweep(
+    param: str, values: list[str], extra: list[str], exps_dir: Path, figure: Path
+) -> list[dict]:
     """Run every value, draw the grid to `figure`, return one row of numbers per value."""
     rows, cells, labels, col_labels = [], [], [], None
     for value in values:
@@ -75,13 +95,23 @@ def sweep(param: str, values: list[str], extra: list[str], exps_dir: Path, figur
         if config["num_epochs"] == 0:  # sampled from a checkpoint: one frame
             col_labels = ["samples"]
         else:
-            frame_epochs = [e for e in range(config["num_epochs"]) if ddpm.is_frame_epoch(e, config)]
+            frame_epochs = [
+                e for e in range(config["num_epochs"]) if ddpm.is_frame_epoch(e, config)
+            ]
             col_labels = [f"epoch {frame_epochs[i]}" for i in shown]
         labels.append(f"{value}\nW2 ratio {metrics['w2_ratio']:.2f}")
-        row = {param: value, "dataset": config["dataset"], "w2": metrics["w2"], "w2_floor": metrics["w2_floor"], "w2_ratio": metrics["w2_ratio"]}
+        row = {
+            param: value,
+            "dataset": config["dataset"],
+            "w2": metrics["w2"],
+            "w2_floor": metrics["w2_floor"],
+            "w2_ratio": metrics["w2_ratio"],
+        }
         if "off_support_fraction" in metrics:
             row["off_support_fraction"] = metrics["off_support_fraction"]
-        rows.append(row | ({"train_seconds": metrics["seconds"]["train"]} if config["num_epochs"] else {}))
+        rows.append(
+            row | ({"train_seconds": metrics["seconds"]["train"]} if config["num_epochs"] else {})
+        )
     plots.save_grid(cells, figure, row_labels=labels, col_labels=col_labels, title=param)
     return rows
 
@@ -92,19 +122,27 @@ def write_table(rows: list[dict], stem: Path) -> str:
     keys = list(dict.fromkeys(k for row in rows for k in row))
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     csv = [",".join(keys)] + [",".join(fmt(row.get(k, "")) for k in keys) for row in rows]
-    md = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)] + ["| " + " | ".join(fmt(row.get(k, "")) for k in keys) + " |" for row in rows]
+    md = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)] + [
+        "| " + " | ".join(fmt(row.get(k, "")) for k in keys) + " |" for row in rows
+    ]
     stem.with_suffix(".csv").write_text("\n".join(csv) + "\n")
     stem.with_suffix(".md").write_text("\n".join(md) + "\n")
     return "\n".join(md)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("param", help="a ddpm.py option, without its dashes (e.g. learning_rate)")
     parser.add_argument("values", nargs="+", help="the values to try")
     parser.add_argument("--exps_dir", type=Path, default=ddpm.PROJECT_DIR / "exps")
-    parser.add_argument("--figure", type=Path, default=None, help="default: static/ablation_<param>.png")
-    args, extra = parser.parse_known_args(argv)  # anything else goes to every ddpm.py run, e.g. --dataset moons
+    parser.add_argument(
+        "--figure", type=Path, default=None, help="default: static/ablation_<param>.png"
+    )
+    args, extra = parser.parse_known_args(
+        argv
+    )  # anything else goes to every ddpm.py run, e.g. --dataset moons
     figure = args.figure or STATIC_DIR / f"ablation_{args.param}.png"
     rows = sweep(args.param, args.values, extra, args.exps_dir, figure)
     print(write_table(rows, args.exps_dir / "ablations" / args.param))

@@ -3,6 +3,7 @@
 Every dataset is a function `(n, rng) -> (n, 2) float32 array`, so the training set and
 the evaluation's independent reference draws come from the same distribution.
 """
+
 import hashlib
 import os
 import urllib.request
@@ -15,7 +16,9 @@ TRAIN_SIZE, TRAIN_SEED = 8000, 42  # the original's training set: 8000 points, s
 
 # The Datasaurus Dozen (Matejka & Fitzmaurice 2017) is third-party data: never committed.
 DATASAURUS_FILE = "DatasaurusDozen.tsv"
-DATASAURUS_URL = "https://raw.githubusercontent.com/tanelp/tiny-diffusion/master/static/DatasaurusDozen.tsv"
+DATASAURUS_URL = (
+    "https://raw.githubusercontent.com/tanelp/tiny-diffusion/master/static/DatasaurusDozen.tsv"
+)
 DATASAURUS_SHA256 = "c8c4792c3ed15238ba07dad6ab778adc79d72e3e1324ead4d8c1ae52849780f8"
 DATA_DIR_ENV = "TINY_DIFFUSION_DATA_DIR"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -31,7 +34,10 @@ def _sha256(data: bytes) -> str:
 
 def download_datasaurus(path: Path, url: str = DATASAURUS_URL) -> None:
     """Fetch the TSV once, check its sha256, and only then store it at `path`."""
-    fix = f"download it by hand to {path}, or pass --data_dir DIR (or set {DATA_DIR_ENV}) to a folder holding {DATASAURUS_FILE}"
+    fix = (
+        f"download it by hand to {path}, or pass --data_dir DIR (or set {DATA_DIR_ENV}) to a "
+        f"folder holding {DATASAURUS_FILE}"
+    )
     try:
         with urllib.request.urlopen(url, timeout=30) as response:
             data = response.read()
@@ -46,18 +52,25 @@ def download_datasaurus(path: Path, url: str = DATASAURUS_URL) -> None:
 
 
 def datasaurus_path(data_dir: str | None = None, url: str = DATASAURUS_URL) -> Path:
-    """Where the verified TSV is: `data_dir`, else $TINY_DIFFUSION_DATA_DIR, else static/ (downloaded once)."""
+    """Where the verified TSV is: `data_dir`, else $TINY_DIFFUSION_DATA_DIR, else static/
+    (downloaded once)."""
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
     if data_dir:
         path = Path(data_dir).expanduser() / DATASAURUS_FILE
         if not path.is_file():
-            raise DatasetError(f"{path} not found; point --data_dir (or {DATA_DIR_ENV}) at the folder holding {DATASAURUS_FILE}")
+            raise DatasetError(
+                f"{path} not found; point --data_dir (or {DATA_DIR_ENV}) at the folder holding "
+                f"{DATASAURUS_FILE}"
+            )
     else:
         path = STATIC_DIR / DATASAURUS_FILE
         if not path.is_file():
             download_datasaurus(path, url)
     if _sha256(path.read_bytes()) != DATASAURUS_SHA256:
-        raise DatasetError(f"{path} is damaged or not the Datasaurus Dozen (sha256 is not {DATASAURUS_SHA256}); delete it to download it again, or replace it with a good copy")
+        raise DatasetError(
+            f"{path} is damaged or not the Datasaurus Dozen (sha256 is not {DATASAURUS_SHA256}); "
+            "delete it to download it again, or replace it with a good copy"
+        )
     return path
 
 
@@ -66,9 +79,21 @@ def datasaurus_table(data_dir: str | None = None) -> pd.DataFrame:
 
 
 # The Datasaurus Dozen's 13 shapes; its "circle" is renamed so the original's circle keeps its name.
-DATASAURUS_SHAPES = {"away": "away", "bullseye": "bullseye", "datasaurus_circle": "circle", "dino": "dino", "dots": "dots",
-                     "h_lines": "h_lines", "high_lines": "high_lines", "slant_down": "slant_down", "slant_up": "slant_up",
-                     "star": "star", "v_lines": "v_lines", "wide_lines": "wide_lines", "x_shape": "x_shape"}
+DATASAURUS_SHAPES = {
+    "away": "away",
+    "bullseye": "bullseye",
+    "datasaurus_circle": "circle",
+    "dino": "dino",
+    "dots": "dots",
+    "h_lines": "h_lines",
+    "high_lines": "high_lines",
+    "slant_down": "slant_down",
+    "slant_up": "slant_up",
+    "star": "star",
+    "v_lines": "v_lines",
+    "wide_lines": "wide_lines",
+    "x_shape": "x_shape",
+}
 
 
 def datasaurus(shape: str):
@@ -81,7 +106,9 @@ def datasaurus(shape: str):
     return draw
 
 
-def moons(n: int, rng: np.random.Generator, data_dir: str | None = None, upper: np.ndarray | None = None) -> np.ndarray:
+def moons(
+    n: int, rng: np.random.Generator, data_dir: str | None = None, upper: np.ndarray | None = None
+) -> np.ndarray:
     # scikit-learn's make_moons(noise=0.03), with a random angle along each half circle.
     angle = rng.uniform(0, np.pi, n)
     upper = rng.random(n) < 0.5 if upper is None else upper
@@ -105,19 +132,29 @@ def circle(n: int, rng: np.random.Generator, data_dir: str | None = None) -> np.
     return xy * 3
 
 
-DATASETS = {"moons": moons, "line": line, "circle": circle} | {name: datasaurus(shape) for name, shape in DATASAURUS_SHAPES.items()}
+DATASETS = {"moons": moons, "line": line, "circle": circle} | {
+    name: datasaurus(shape) for name, shape in DATASAURUS_SHAPES.items()
+}
 FILE_SUFFIXES = (".csv", ".tsv", ".npy")
 MIN_FILE_POINTS = 10
 
 
 class Dataset:
-    """A distribution to learn: draws (points (n, 2), labels (n,)) with any seed, optionally of one class.
+    """A distribution to learn: draws (points (n, 2), labels (n,)) with any seed, optionally of
+    one class.
 
     `classes` names the classes of a conditional dataset (empty when there are none): the two
     moons, the parts of a comma-separated list such as "dino,star", or a file's label column.
     """
 
-    def __init__(self, name: str, classes: list[str], draw, train_points: np.ndarray | None = None, train_labels=None):
+    def __init__(
+        self,
+        name: str,
+        classes: list[str],
+        draw,
+        train_points: np.ndarray | None = None,
+        train_labels=None,
+    ):
         self.name, self.classes, self._draw = name, classes, draw
         self._train = None if train_points is None else (train_points, train_labels)
         self.is_file = train_points is not None
@@ -135,16 +172,20 @@ class Dataset:
 
 def _builtin(name: str, data_dir: str | None) -> Dataset:
     if name == "moons":  # the two moons are its classes
+
         def draw(n, rng, label):
             upper = rng.random(n) < 0.5 if label is None else np.full(n, label == 0)
             return moons(n, rng, data_dir, upper), (~upper).astype(int)
 
         return Dataset(name, ["upper", "lower"], draw)
-    return Dataset(name, [], lambda n, rng, label: (DATASETS[name](n, rng, data_dir), np.zeros(n, int)))
+    return Dataset(
+        name, [], lambda n, rng, label: (DATASETS[name](n, rng, data_dir), np.zeros(n, int))
+    )
 
 
 def _mixture(names: list[str], data_dir: str | None) -> Dataset:
     """One class per named dataset, in equal proportions."""
+
     def draw(n, rng, label):
         labels = rng.integers(0, len(names), n) if label is None else np.full(n, label)
         points = np.zeros((n, 2))
@@ -157,6 +198,7 @@ def _mixture(names: list[str], data_dir: str | None) -> Dataset:
 
 def read_points_file(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """(points (m, 2), labels (m,) or None, class names) from a .csv, .tsv or .npy file."""
+
     def bad(problem):
         return DatasetError(f"{path}: {problem}")
 
@@ -169,21 +211,34 @@ def read_points_file(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[st
         else:
             table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
     except (ValueError, OSError, pd.errors.EmptyDataError, pd.errors.ParserError) as err:
-        raise bad(f"cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'empty'})") from None
+        raise bad(
+            f"cannot be read ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'empty'})"
+        ) from None
     if table.empty:
         raise bad("is empty")
     label_column = next((c for c in table.columns if str(c).lower() in ("label", "class")), None)
     if {"x", "y"} <= set(table.columns):
         xy = table[["x", "y"]].apply(pd.to_numeric, errors="coerce")
     else:
-        numeric = [c for c in table.columns if c != label_column and pd.api.types.is_numeric_dtype(table[c])]
+        numeric = [
+            c
+            for c in table.columns
+            if c != label_column and pd.api.types.is_numeric_dtype(table[c])
+        ]
         if len(numeric) < 2:
-            raise bad(f"needs two numeric columns (named x and y, or the first two numeric ones); found {len(numeric)}")
+            raise bad(
+                "needs two numeric columns (named x and y, or the first two numeric ones); "
+                f"found {len(numeric)}"
+            )
         xy = table[numeric[:2]]
     points = xy.to_numpy(dtype=np.float64)
     broken = ~np.isfinite(points).all(axis=1)
     if broken.any():
-        raise bad(f"{broken.sum()} rows have missing, non-numeric, NaN or infinite coordinates (first: row {int(np.argmax(broken)) + 1})")
+        raise bad(
+            f"{broken.sum()} rows have missing, non-numeric, NaN or infinite coordinates "
+            f"(first: row {int(np.argmax(broken)) + 1})"
+        )
     if len(points) < MIN_FILE_POINTS:
         raise bad(f"has {len(points)} points; at least {MIN_FILE_POINTS} are needed")
     if label_column is None:
@@ -211,10 +266,15 @@ def load(spec: str, data_dir: str | None = None) -> Dataset:
     names = spec.split(",")
     unknown = [name for name in names if name not in DATASETS]
     if unknown:
-        raise DatasetError(f"unknown dataset {unknown[0]!r}: choose from {', '.join(DATASETS)}, a comma-separated list of them, or a .csv/.tsv/.npy file")
+        raise DatasetError(
+            f"unknown dataset {unknown[0]!r}: choose from {', '.join(DATASETS)}, a "
+            "comma-separated list of them, or a .csv/.tsv/.npy file"
+        )
     return _mixture(names, data_dir) if len(names) > 1 else _builtin(spec, data_dir)
 
 
-def get_dataset(name: str, n: int = TRAIN_SIZE, seed: int = TRAIN_SEED, data_dir: str | None = None) -> np.ndarray:
+def get_dataset(
+    name: str, n: int = TRAIN_SIZE, seed: int = TRAIN_SEED, data_dir: str | None = None
+) -> np.ndarray:
     """Draw n points of dataset `name` with its own seed: (n, 2) float32."""
     return load(name, data_dir).draw(n, seed)[0]

@@ -1,9 +1,11 @@
-"""Rebuild every figure and table of the README: python figures.py (about 45 minutes on 2 cores from scratch).
+"""Rebuild every figure and table of the README: python figures.py (about 45 minutes on 2 cores
+from scratch).
 
 Runs (or reuses) the default run of each dataset and every ablation sweep in exps/, then
 draws into static/: the forward and reverse processes, their animation, the samples, the
 loss curve and the ablation grids. The tables go to exps/ablations/.
 """
+
 import argparse
 import json
 import shutil
@@ -46,19 +48,28 @@ def load_sampler(checkpoint_path: Path):
 def forward_process(config: dict, n: int = 1000, seed: int = 0) -> list[tuple[int, np.ndarray]]:
     """(t, x_t) for t = 0..T: the data, then ever noisier (Ho et al. 2020, eq. 4)."""
     schedule = ddpm.NoiseSchedule.named(config["beta_schedule"], config["num_timesteps"])
-    x_0 = torch.from_numpy(datasets.get_dataset(config["dataset"], n, seed=seed, data_dir=config["data_dir"]))
+    x_0 = torch.from_numpy(
+        datasets.get_dataset(config["dataset"], n, seed=seed, data_dir=config["data_dir"])
+    )
     eps = torch.randn(x_0.shape, generator=torch.Generator().manual_seed(seed))
     steps = [(0, x_0.numpy())]
     for t in range(schedule.num_timesteps):
-        steps.append((t + 1, schedule.add_noise(x_0, eps, torch.full((n,), t)).numpy()))  # paper's index t + 1
+        steps.append(
+            (t + 1, schedule.add_noise(x_0, eps, torch.full((n,), t)).numpy())
+        )  # paper's index t + 1
     return steps
 
 
-def reverse_process(checkpoint_path: Path, n: int = 1000, seed: int = 0) -> list[tuple[int, np.ndarray]]:
+def reverse_process(
+    checkpoint_path: Path, n: int = 1000, seed: int = 0
+) -> list[tuple[int, np.ndarray]]:
     """(t, x_t) for t = T..0 with the run's EMA model and DDPM steps."""
     model, schedule, clip_range, _ = load_sampler(checkpoint_path)
     generator = torch.Generator().manual_seed(seed)
-    return [(t, x_t.numpy()) for t, x_t in ddpm.reverse_process(model, schedule, n, generator, clip_range=clip_range)]
+    return [
+        (t, x_t.numpy())
+        for t, x_t in ddpm.reverse_process(model, schedule, n, generator, clip_range=clip_range)
+    ]
 
 
 def _spaced(steps: list, count: int) -> list:
@@ -73,22 +84,48 @@ def draw_process_figures(run_dir: Path, out_dir: Path) -> list[Path]:
     for steps, path in zip((forward, reverse), paths):
         shown = _spaced(steps, SNAPSHOTS)
         plots.save_grid([[x for _, x in shown]], path, col_labels=[f"t = {t}" for t, _ in shown])
-    both = [(f"forward: t = {t}", x) for t, x in forward] + [(f"reverse: t = {t}", x) for t, x in reverse]
+    both = [(f"forward: t = {t}", x) for t, x in forward] + [
+        (f"reverse: t = {t}", x) for t, x in reverse
+    ]
     plots.save_animation([x for _, x in both], [title for title, _ in both], paths[2])
     return paths
 
 
-# The conditional model: three Datasaurus shapes, trained long with a decaying learning rate (README).
-GUIDED = ["--dataset", "dino,star,bullseye", "--num_epochs", "10000", "--learning_rate", "1e-3", "--lr_decay", "cosine", "--save_images_step", "500"]
-# A row per (guidance scale, guidance interval): guidance on every step, then only on the last fifth of the chain.
-GUIDANCE = [("1", "0 1"), ("1.5", "0 1"), ("2", "0 1"), ("3", "0 1"), ("2", "0 0.2"), ("3", "0 0.2")]
-SAMPLE_SEEDS = ["0", "1", "2"]  # one draw of 1000 points is noisy: the W2 ratio moves by up to 0.5 between seeds (README)
+# The conditional model: three Datasaurus shapes, trained long with a decaying learning rate.
+GUIDED = [
+    "--dataset",
+    "dino,star,bullseye",
+    "--num_epochs",
+    "10000",
+    "--learning_rate",
+    "1e-3",
+    "--lr_decay",
+    "cosine",
+    "--save_images_step",
+    "500",
+]
+# A row per (guidance scale, guidance interval): guidance on every step, then only on the last
+# fifth of the chain.
+GUIDANCE = [
+    ("1", "0 1"),
+    ("1.5", "0 1"),
+    ("2", "0 1"),
+    ("3", "0 1"),
+    ("2", "0 0.2"),
+    ("3", "0 0.2"),
+]
+SAMPLE_SEEDS = [
+    "0",
+    "1",
+    "2",
+]  # one draw of 1000 points is noisy: the W2 ratio moves by up to 0.5 between seeds (README)
 
 
 def guidance_sweep(exps_dir: Path) -> str:
-    """The conditional model sampled one class at a time, 1000 points per class and seed, for each row of
-    GUIDANCE: static/guidance.png (a row per setting, a column per class, seed 0) and its table (mean and
-    worst over SAMPLE_SEEDS)."""
+    """The conditional model sampled one class at a time, 1000 points per class and seed, for
+    each row of GUIDANCE: static/guidance.png (a row per setting, a column per class, seed 0) and
+    its table (mean and worst over SAMPLE_SEEDS)."""
+
     model_dir = ablate.run_once(GUIDED, exps_dir)
     classes = ddpm.load_checkpoint(model_dir / "model.pth", torch.device("cpu"))["classes"]
     cells, labels, rows = [], [], []
@@ -97,35 +134,72 @@ def guidance_sweep(exps_dir: Path) -> str:
         for name in classes:
             ratios, leaks = [], []
             for seed in SAMPLE_SEEDS:
-                args = ["--checkpoint", str(model_dir / "model.pth"), "--num_epochs", "0", "--class_label", name,
-                        "--guidance_scale", scale, "--guidance_interval", *interval.split(), "--seed", seed]
+                args = [
+                    "--checkpoint",
+                    str(model_dir / "model.pth"),
+                    "--num_epochs",
+                    "0",
+                    "--class_label",
+                    name,
+                    "--guidance_scale",
+                    scale,
+                    "--guidance_interval",
+                    *interval.split(),
+                    "--seed",
+                    seed,
+                ]
                 out = ablate.run_once(args, exps_dir)
                 metrics = ablate.score(out)
                 ratios.append(metrics["w2_ratio"])
                 leaks.append(metrics["class_leakage"])
                 if seed == SAMPLE_SEEDS[0]:
                     row.append(np.load(out / "frames.npy")[-1])
-            rows.append({"guidance_scale": scale, "guidance_interval": interval, "class": name, "w2_ratio": float(np.mean(ratios)),
-                         "w2_ratio_worst": max(ratios), "class_leakage": float(np.mean(leaks)), "class_leakage_worst": max(leaks)})
+            rows.append(
+                {
+                    "guidance_scale": scale,
+                    "guidance_interval": interval,
+                    "class": name,
+                    "w2_ratio": float(np.mean(ratios)),
+                    "w2_ratio_worst": max(ratios),
+                    "class_leakage": float(np.mean(leaks)),
+                    "class_leakage_worst": max(leaks),
+                }
+            )
         cells.append(row)
-        labels.append(f"s = {scale}" + ("" if interval == "0 1" else f", t/T <= {interval.split()[1]}"))
-    plots.save_grid(cells, STATIC_DIR / "guidance.png", row_labels=labels, col_labels=classes, title="guidance scale",
-                    classes=[[np.full(len(points), k) for k, points in enumerate(row)] for row in cells])
+        labels.append(
+            f"s = {scale}" + ("" if interval == "0 1" else f", t/T <= {interval.split()[1]}")
+        )
+    plots.save_grid(
+        cells,
+        STATIC_DIR / "guidance.png",
+        row_labels=labels,
+        col_labels=classes,
+        title="guidance scale",
+        classes=[[np.full(len(points), k) for k, points in enumerate(row)] for row in cells],
+    )
     return ablate.write_table(rows, exps_dir / "ablations" / "guidance")
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--exps_dir", type=Path, default=ddpm.PROJECT_DIR / "exps")
     args = parser.parse_args(argv)
     tables = []
     for param, values in SWEEPS:
         rows = ablate.sweep(param, values, [], args.exps_dir, STATIC_DIR / f"ablation_{param}.png")
-        tables.append(f"### {param}\n\n" + ablate.write_table(rows, args.exps_dir / "ablations" / param))
+        tables.append(
+            f"### {param}\n\n" + ablate.write_table(rows, args.exps_dir / "ablations" / param)
+        )
 
     dino = args.exps_dir / ablate.run_name([])
     draw_process_figures(dino, STATIC_DIR)
-    plots.save_grid([[np.load(dino / "frames.npy")[-1]]], STATIC_DIR / "dino_samples.png", col_labels=["dino: 1000 samples"])
+    plots.save_grid(
+        [[np.load(dino / "frames.npy")[-1]]],
+        STATIC_DIR / "dino_samples.png",
+        col_labels=["dino: 1000 samples"],
+    )
     shutil.copy(dino / "loss.png", STATIC_DIR / "loss.png")
 
     # DDIM from each default checkpoint: fewer steps, same model.
@@ -133,12 +207,41 @@ def main(argv=None) -> None:
         checkpoint = args.exps_dir / ablate.run_name(["--dataset", dataset]) / "model.pth"
         steps = ["5", "10", "20", "50"] if dataset == "dino" else ["20"]
         extra = ["--checkpoint", str(checkpoint), "--num_epochs", "0", "--sampler", "ddim"]
-        rows = ablate.sweep("num_inference_steps", steps, extra, args.exps_dir, args.exps_dir / "ablations" / f"ddim_{dataset}.png")
-        tables.append(f"### DDIM steps, {dataset}\n\n" + ablate.write_table(rows, args.exps_dir / "ablations" / f"ddim_{dataset}"))
-    extra = ["--checkpoint", str(args.exps_dir / ablate.run_name([]) / "model.pth"), "--num_epochs", "0", "--sampler", "ddim", "--num_inference_steps", "20"]
-    rows = ablate.sweep("eta", ["0", "0.3", "0.5", "0.7", "1"], extra, args.exps_dir, args.exps_dir / "ablations" / "ddim_eta.png")
-    tables.append("### DDIM eta at 20 steps, dino\n\n" + ablate.write_table(rows, args.exps_dir / "ablations" / "ddim_eta"))
-    tables.append("### Classifier-free guidance, dino,star,bullseye\n\n" + guidance_sweep(args.exps_dir))
+        rows = ablate.sweep(
+            "num_inference_steps",
+            steps,
+            extra,
+            args.exps_dir,
+            args.exps_dir / "ablations" / f"ddim_{dataset}.png",
+        )
+        tables.append(
+            f"### DDIM steps, {dataset}\n\n"
+            + ablate.write_table(rows, args.exps_dir / "ablations" / f"ddim_{dataset}")
+        )
+    extra = [
+        "--checkpoint",
+        str(args.exps_dir / ablate.run_name([]) / "model.pth"),
+        "--num_epochs",
+        "0",
+        "--sampler",
+        "ddim",
+        "--num_inference_steps",
+        "20",
+    ]
+    rows = ablate.sweep(
+        "eta",
+        ["0", "0.3", "0.5", "0.7", "1"],
+        extra,
+        args.exps_dir,
+        args.exps_dir / "ablations" / "ddim_eta.png",
+    )
+    tables.append(
+        "### DDIM eta at 20 steps, dino\n\n"
+        + ablate.write_table(rows, args.exps_dir / "ablations" / "ddim_eta")
+    )
+    tables.append(
+        "### Classifier-free guidance, dino,star,bullseye\n\n" + guidance_sweep(args.exps_dir)
+    )
     text = "\n\n".join(tables) + "\n"
     (args.exps_dir / "ablations" / "tables.md").write_text(text)
     print(text)

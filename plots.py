@@ -1,4 +1,5 @@
 """Every figure of the project is drawn here, with one style and one set of axis limits."""
+
 from pathlib import Path
 
 import matplotlib
@@ -30,8 +31,11 @@ def _style(labels=None) -> dict:
     return POINT | {"c": labels, "cmap": "tab10", "vmin": 0, "vmax": 9}
 
 
-def save_frames(frames: np.ndarray, epochs: list[int], folder: Path, labels=None, limits=None) -> None:
-    """One PNG per saved frame: folder/NNNN.png, NNNN the index of the frame; labels (N,) colour the classes."""
+def save_frames(
+    frames: np.ndarray, epochs: list[int], folder: Path, labels=None, limits=None
+) -> None:
+    """One PNG per saved frame: folder/NNNN.png, NNNN the index of the frame; labels (N,) colour
+    the classes."""
     folder.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(4, 4))
     _square_axes(ax, limits)
@@ -43,17 +47,30 @@ def save_frames(frames: np.ndarray, epochs: list[int], folder: Path, labels=None
     plt.close(fig)
 
 
-def save_grid(cells: list[list[np.ndarray]], path: Path, row_labels=None, col_labels=None, title=None, classes=None) -> None:
-    """A grid of scatter plots: cells[row][col] is an (N, 2) point set, classes[row][col] its (N,) labels."""
+def save_grid(
+    cells: list[list[np.ndarray]],
+    path: Path,
+    row_labels=None,
+    col_labels=None,
+    title=None,
+    classes=None,
+) -> None:
+    """A grid of scatter plots: cells[row][col] is an (N, 2) point set, classes[row][col] its
+    (N,) labels."""
+
     rows, cols = len(cells), len(cells[0])
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * CELL_INCHES, rows * CELL_INCHES), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(cols * CELL_INCHES, rows * CELL_INCHES), squeeze=False
+    )
     if title:
         fig.suptitle(title, fontsize=10)
     for r, row in enumerate(cells):
         for c, points in enumerate(row):
             ax = axes[r][c]
             _square_axes(ax)
-            ax.scatter(points[:, 0], points[:, 1], **_style(None if classes is None else classes[r][c]))
+            ax.scatter(
+                points[:, 0], points[:, 1], **_style(None if classes is None else classes[r][c])
+            )
             if col_labels and r == 0:
                 ax.set_title(col_labels[c], fontsize=9)
             if row_labels and c == 0:
@@ -63,7 +80,9 @@ def save_grid(cells: list[list[np.ndarray]], path: Path, row_labels=None, col_la
     plt.close(fig)
 
 
-def save_animation(point_sets: list[np.ndarray], titles: list[str], path: Path, fps: int = 10) -> None:
+def save_animation(
+    point_sets: list[np.ndarray], titles: list[str], path: Path, fps: int = 10
+) -> None:
     """A GIF showing one point set per frame (matplotlib's Pillow writer)."""
     fig, ax = plt.subplots(figsize=(3, 3))
     _square_axes(ax)
@@ -74,7 +93,9 @@ def save_animation(point_sets: list[np.ndarray], titles: list[str], path: Path, 
         ax.set_title(titles[i], fontsize=9)
         return (scatter,)
 
-    FuncAnimation(fig, draw, frames=len(point_sets)).save(path, writer=PillowWriter(fps=fps), dpi=DPI)
+    FuncAnimation(fig, draw, frames=len(point_sets)).save(
+        path, writer=PillowWriter(fps=fps), dpi=DPI
+    )
     plt.close(fig)
 
 
@@ -84,7 +105,12 @@ def save_loss(losses: np.ndarray, path: Path, window: int = 100) -> None:
     ax.plot(losses, color="tab:blue", alpha=0.2, linewidth=0.5, label="per step")
     if len(losses) >= window:
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        ax.plot(np.arange(window - 1, len(losses)), smooth, color="tab:blue", label=f"mean of {window} steps")
+        ax.plot(
+            np.arange(window - 1, len(losses)),
+            smooth,
+            color="tab:blue",
+            label=f"mean of {window} steps",
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("loss (MSE of eps)")
     ax.set_yscale("log")

@@ -5,6 +5,7 @@ Transformer's (Vaswani et al. 2017, sec. 3.5), used by Ho et al. 2020 for timest
 giving it to the x and y coordinates too lets a small MLP fit sharp 2D shapes
 (Tancik et al. 2020, "Fourier features").
 """
+
 import math
 
 import torch
@@ -18,7 +19,9 @@ class SinusoidalEmbedding(nn.Module):
             raise ValueError(f"sinusoidal embedding size must be even and at least 4, got {size}")
         half = size // 2
         # Geometric frequencies from 1 down to 1/10000 (Vaswani et al. 2017, sec. 3.5).
-        self.register_buffer("freqs", torch.exp(-math.log(10000.0) * torch.arange(half) / (half - 1)))
+        self.register_buffer(
+            "freqs", torch.exp(-math.log(10000.0) * torch.arange(half) / (half - 1))
+        )
         self.scale = scale
         self.out_dim = size
 

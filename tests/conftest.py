@@ -13,5 +13,6 @@ if (SHARED_DATA / "DatasaurusDozen.tsv").is_file():
     os.environ.setdefault("TINY_DIFFUSION_DATA_DIR", str(SHARED_DATA))
 
 needs_datasaurus = pytest.mark.skipif(
-    "TINY_DIFFUSION_DATA_DIR" not in os.environ, reason="no local DatasaurusDozen.tsv (set TINY_DIFFUSION_DATA_DIR)"
+    "TINY_DIFFUSION_DATA_DIR" not in os.environ,
+    reason="no local DatasaurusDozen.tsv (set TINY_DIFFUSION_DATA_DIR)",
 )

@@ -4,37 +4,84 @@ import sys
 
 import numpy as np
 import pytest
-
-import evaluate
 from conftest import PROJECT_DIR
 
-TINY = ["--num_epochs", "8", "--train_batch_size", "256", "--hidden_size", "64", "--save_images_step", "4", "--eval_batch_size", "500"]
+import evaluate
+
+TINY = [
+    "--num_epochs",
+    "8",
+    "--train_batch_size",
+    "256",
+    "--hidden_size",
+    "64",
+    "--save_images_step",
+    "4",
+    "--eval_batch_size",
+    "500",
+]
 
 
 def ddpm(*args, cwd=PROJECT_DIR):
-    return subprocess.run([sys.executable, str(PROJECT_DIR / "ddpm.py"), *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, str(PROJECT_DIR / "ddpm.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
 
 
 def test_help_documents_every_option_with_its_default():
     out = " ".join(ddpm("-h").stdout.split())  # undo argparse's line wrapping
-    for option in ["--dataset", "--train_batch_size", "--num_timesteps", "--beta_schedule", "--time_embedding", "--seed", "--device"]:
+    for option in [
+        "--dataset",
+        "--train_batch_size",
+        "--num_timesteps",
+        "--beta_schedule",
+        "--time_embedding",
+        "--seed",
+        "--device",
+    ]:
         assert option in out
     assert "(default: dino)" in out
 
 
-@pytest.mark.parametrize("args", [["--dataset", "spiral"], ["--no_such_option"], ["--train_batch_size", "0"]])
+@pytest.mark.parametrize(
+    "args", [["--dataset", "spiral"], ["--no_such_option"], ["--train_batch_size", "0"]]
+)
 def test_bad_input_is_a_one_line_error(args):
     result = ddpm(*args)
     assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "error:" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        result.stderr.count("\n") == 1
+        and "error:" in result.stderr
+        and "Traceback" not in result.stderr
+    )
 
 
 def test_a_tiny_run_writes_every_output_and_beats_pure_noise(tmp_path):
-    result = ddpm("--dataset", "line", "--exps_dir", str(tmp_path), "--experiment_name", "tiny", *TINY, cwd=tmp_path)
+    result = ddpm(
+        "--dataset",
+        "line",
+        "--exps_dir",
+        str(tmp_path),
+        "--experiment_name",
+        "tiny",
+        *TINY,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     out = tmp_path / "tiny"
     assert "alpha_bar_T" in result.stdout + result.stderr and str(out) in result.stdout
-    for name in ["model.pth", "config.json", "loss.npy", "frames.npy", "metrics.json", "images/0000.png", "images/0002.png"]:
+    for name in [
+        "model.pth",
+        "config.json",
+        "loss.npy",
+        "frames.npy",
+        "metrics.json",
+        "images/0000.png",
+        "images/0002.png",
+    ]:
         assert (out / name).is_file(), name
     frames, losses = np.load(out / "frames.npy"), np.load(out / "loss.npy")
     assert frames.shape == (3, 500, 2)  # epochs 0, 4 and the last, 7

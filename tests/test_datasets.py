@@ -2,7 +2,6 @@ import functools
 import hashlib
 import http.server
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,10 +9,18 @@ from conftest import SHARED_DATA, needs_datasaurus
 
 import datasets
 
-BOXES = {"moons": 4.0, "line": 4.0, "circle": 3.1} | {shape: 4.6 for shape in datasets.DATASAURUS_SHAPES}  # points lie in [-box, box]^2
+BOXES = {"moons": 4.0, "line": 4.0, "circle": 3.1} | {
+    shape: 4.6 for shape in datasets.DATASAURUS_SHAPES
+}  # points lie in [-box, box]^2
 
 
-@pytest.mark.parametrize("name", [pytest.param(name, marks=needs_datasaurus if name in datasets.DATASAURUS_SHAPES else ()) for name in datasets.DATASETS])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=needs_datasaurus if name in datasets.DATASAURUS_SHAPES else ())
+        for name in datasets.DATASETS
+    ],
+)
 def test_every_dataset_draws_n_points_in_its_box_deterministically_per_seed(name):
     points = datasets.get_dataset(name, 500, seed=1)
     assert points.shape == (500, 2) and points.dtype == np.float32
@@ -24,15 +31,22 @@ def test_every_dataset_draws_n_points_in_its_box_deterministically_per_seed(name
 
 def test_line_fills_its_rectangle_and_circle_sits_on_its_ring_or_centre():
     line = datasets.get_dataset("line", 4000, seed=0)
-    assert np.allclose(line.min(0), [-2, -4], atol=0.05) and np.allclose(line.max(0), [2, 4], atol=0.05)
+    assert np.allclose(line.min(0), [-2, -4], atol=0.05) and np.allclose(
+        line.max(0), [2, 4], atol=0.05
+    )
     radius = np.linalg.norm(datasets.get_dataset("circle", 4000, seed=0), axis=1)
     assert ((np.abs(radius - 3) <= 0.09) | (radius <= 0.09)).all()
-    assert 0.01 < np.mean(radius <= 0.09) < 0.1  # the centre cluster: one grid direction of 25, sampled unevenly
+    assert (
+        0.01 < np.mean(radius <= 0.09) < 0.1
+    )  # the centre cluster: one grid direction of 25, sampled unevenly
 
 
 def test_moons_are_two_interleaved_half_circles():
     points = datasets.get_dataset("moons", 4000, seed=0)
-    x, y = (points[:, 0] + 1) / 2 - 0.3, (points[:, 1] + 1) / 3 - 0.3  # undo the original's rescaling
+    x, y = (
+        (points[:, 0] + 1) / 2 - 0.3,
+        (points[:, 1] + 1) / 3 - 0.3,
+    )  # undo the original's rescaling
     upper = np.hypot(x, y)
     lower = np.hypot(x - 1, y - 0.5)
     assert (np.minimum(np.abs(upper - 1), np.abs(lower - 1)) < 0.15).all()

@@ -31,5 +31,11 @@ def test_sinusoidal_embedding_refuses_an_odd_size():
 @pytest.mark.parametrize("time_embedding", ["sinusoidal", "learnable", "linear", "zero"])
 @pytest.mark.parametrize("input_embedding", ["sinusoidal", "learnable", "linear", "identity"])
 def test_the_denoiser_predicts_one_eps_per_point(time_embedding, input_embedding):
-    model = ddpm.MLP(hidden_size=32, hidden_layers=2, embedding_size=16, time_embedding=time_embedding, input_embedding=input_embedding)
+    model = ddpm.MLP(
+        hidden_size=32,
+        hidden_layers=2,
+        embedding_size=16,
+        time_embedding=time_embedding,
+        input_embedding=input_embedding,
+    )
     assert model(torch.randn(5, 2), torch.randint(0, 50, (5,))).shape == (5, 2)

@@ -15,7 +15,9 @@ def test_w2_of_a_translated_copy_is_the_length_of_the_shift():
 def test_w2_is_the_best_of_all_pairings():
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(6, 2)), rng.normal(size=(6, 2))
-    brute = min(np.mean(np.sum((a - b[list(p)]) ** 2, axis=1)) for p in itertools.permutations(range(6)))
+    brute = min(
+        np.mean(np.sum((a - b[list(p)]) ** 2, axis=1)) for p in itertools.permutations(range(6))
+    )
     assert evaluate.wasserstein2(a, b) == pytest.approx(np.sqrt(brute))
 
 
@@ -37,7 +39,12 @@ def test_support_checks_count_points_beyond_the_tolerance():
 
 
 def test_the_command_line_scores_a_frame_of_a_frames_file(tmp_path, capsys):
-    frames = np.stack([np.random.default_rng(0).normal(size=(200, 2)), evaluate.datasets.get_dataset("line", 200, seed=5)])
+    frames = np.stack(
+        [
+            np.random.default_rng(0).normal(size=(200, 2)),
+            evaluate.datasets.get_dataset("line", 200, seed=5),
+        ]
+    )
     np.save(tmp_path / "frames.npy", frames)
     evaluate.main([str(tmp_path / "frames.npy"), "--dataset", "line"])
     assert "ratio" in capsys.readouterr().out

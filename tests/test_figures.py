@@ -1,4 +1,5 @@
 """Every kind of figure, drawn from a tiny run: valid images of the expected size."""
+
 import pytest
 from PIL import Image
 
@@ -7,7 +8,20 @@ import ddpm
 import figures
 import plots
 
-BASE = ["--dataset", "moons", "--num_epochs", "4", "--hidden_size", "16", "--num_timesteps", "10", "--eval_batch_size", "200", "--save_images_step", "1"]
+BASE = [
+    "--dataset",
+    "moons",
+    "--num_epochs",
+    "4",
+    "--hidden_size",
+    "16",
+    "--num_timesteps",
+    "10",
+    "--eval_batch_size",
+    "200",
+    "--save_images_step",
+    "1",
+]
 TINY = [*BASE, "--hidden_layers", "1"]
 
 
@@ -32,10 +46,16 @@ def test_a_run_draws_its_frames_and_its_loss_curve(tiny_run):
 
 def test_forward_reverse_figures_and_the_animation(tiny_run, tmp_path):
     forward, reverse, gif = figures.draw_process_figures(tiny_run, tmp_path)
-    one_row = (round(figures.SNAPSHOTS * plots.CELL_INCHES * plots.DPI), round(plots.CELL_INCHES * plots.DPI))
+    one_row = (
+        round(figures.SNAPSHOTS * plots.CELL_INCHES * plots.DPI),
+        round(plots.CELL_INCHES * plots.DPI),
+    )
     assert image_size(forward) == (one_row, 1)
     assert image_size(reverse) == (one_row, 1)
-    assert image_size(gif) == ((3 * plots.DPI, 3 * plots.DPI), 2 * (10 + 1))  # T + 1 states each way
+    assert image_size(gif) == (
+        (3 * plots.DPI, 3 * plots.DPI),
+        2 * (10 + 1),
+    )  # T + 1 states each way
 
 
 def test_forward_process_ends_in_noise_and_reverse_process_ends_near_the_data(tiny_run):
@@ -50,23 +70,37 @@ def test_forward_process_ends_in_noise_and_reverse_process_ends_near_the_data(ti
 def test_an_ablation_sweep_draws_a_row_per_value_writes_its_table_and_reuses_its_runs(tmp_path):
     figure = tmp_path / "grid.png"
     rows = ablate.sweep("hidden_layers", ["1", "2"], BASE, tmp_path, figure)
-    assert [row["hidden_layers"] for row in rows] == ["1", "2"] and all(row["w2_ratio"] > 0 for row in rows)
+    assert [row["hidden_layers"] for row in rows] == ["1", "2"] and all(
+        row["w2_ratio"] > 0 for row in rows
+    )
     (width, height), _ = image_size(figure)
-    assert (width, height) == (round(4 * plots.CELL_INCHES * plots.DPI), round(2 * plots.CELL_INCHES * plots.DPI))  # 4 saved epochs
+    assert (width, height) == (
+        round(4 * plots.CELL_INCHES * plots.DPI),
+        round(2 * plots.CELL_INCHES * plots.DPI),
+    )  # 4 saved epochs
     markdown = ablate.write_table(rows, tmp_path / "table")
-    assert markdown.count("\n") == 3 and (tmp_path / "table.csv").read_text().startswith("hidden_layers,dataset,w2")
+    assert markdown.count("\n") == 3 and (tmp_path / "table.csv").read_text().startswith(
+        "hidden_layers,dataset,w2"
+    )
     checkpoint = tmp_path / ablate.run_name([*BASE, "--hidden_layers", "1"]) / "model.pth"
     trained_at = checkpoint.stat().st_mtime_ns
     ablate.sweep("hidden_layers", ["1"], BASE, tmp_path, figure)
     assert checkpoint.stat().st_mtime_ns == trained_at  # reused, not trained again
 
 
-def test_a_run_saved_before_an_option_existed_is_reused_when_that_option_is_at_its_default(tmp_path):
+def test_a_run_saved_before_an_option_existed_is_reused_when_that_option_is_at_its_default(
+    tmp_path,
+):
     out = ablate.run_once(TINY, tmp_path)
     config = ddpm.json.loads((out / "config.json").read_text())
     del config["guidance_interval"]  # as written before --guidance_interval existed
     (out / "config.json").write_text(ddpm.json.dumps(config))
     trained_at = (out / "model.pth").stat().st_mtime_ns
-    assert ablate.run_once(TINY, tmp_path) == out and (out / "model.pth").stat().st_mtime_ns == trained_at
-    other = ablate.run_once([*TINY, "--guidance_interval", "0", "0.5"], tmp_path)  # another value is another run
+    assert (
+        ablate.run_once(TINY, tmp_path) == out
+        and (out / "model.pth").stat().st_mtime_ns == trained_at
+    )
+    other = ablate.run_once(
+        [*TINY, "--guidance_interval", "0", "0.5"], tmp_path
+    )  # another value is another run
     assert other != out and "_guidance_interval=0.0,0.5_" in other.name

@@ -1,4 +1,5 @@
 """Your own points files, every Datasaurus shape, classes and classifier-free guidance."""
+
 import numpy as np
 import pytest
 import torch
@@ -13,14 +14,23 @@ POINTS = np.random.default_rng(0).normal(size=(50, 2)) * [10.0, 2.0] + [100.0, -
 
 def test_a_csv_with_x_and_y_columns_and_labels(tmp_path):
     path = tmp_path / "points.csv"
-    path.write_text("id,y,x,label\n" + "".join(f"{i},{y},{x},{'ab'[i % 2]}\n" for i, (x, y) in enumerate(POINTS)))
+    path.write_text(
+        "id,y,x,label\n"
+        + "".join(f"{i},{y},{x},{'ab'[i % 2]}\n" for i, (x, y) in enumerate(POINTS))
+    )
     points, labels, classes = datasets.read_points_file(path)
-    assert np.allclose(points, POINTS) and classes == ["a", "b"] and labels.tolist() == [i % 2 for i in range(50)]
+    assert (
+        np.allclose(points, POINTS)
+        and classes == ["a", "b"]
+        and labels.tolist() == [i % 2 for i in range(50)]
+    )
 
 
 def test_without_x_and_y_the_first_two_numeric_columns_are_used(tmp_path):
     path = tmp_path / "points.tsv"
-    path.write_text("name\tu\tv\tw\n" + "".join(f"p{i}\t{x}\t{y}\t7\n" for i, (x, y) in enumerate(POINTS)))
+    path.write_text(
+        "name\tu\tv\tw\n" + "".join(f"p{i}\t{x}\t{y}\t7\n" for i, (x, y) in enumerate(POINTS))
+    )
     points, labels, classes = datasets.read_points_file(path)
     assert np.allclose(points, POINTS) and labels is None and classes == []
 
@@ -37,13 +47,23 @@ def test_an_npy_file_of_points(tmp_path):
         ("empty.csv", "", "cannot be read"),
         ("header.csv", "x,y\n", "is empty"),
         ("one.csv", "x,name\n1,a\n" * 1, "needs two numeric columns"),
-        ("nan.csv", "x,y\n" + "1,2\n" * 20 + "nan,3\n", "rows have missing, non-numeric, NaN or infinite"),
-        ("inf.csv", "x,y\n" + "1,2\n" * 20 + "inf,3\n", "rows have missing, non-numeric, NaN or infinite"),
+        (
+            "nan.csv",
+            "x,y\n" + "1,2\n" * 20 + "nan,3\n",
+            "rows have missing, non-numeric, NaN or infinite",
+        ),
+        (
+            "inf.csv",
+            "x,y\n" + "1,2\n" * 20 + "inf,3\n",
+            "rows have missing, non-numeric, NaN or infinite",
+        ),
         ("text.csv", "x,y\n" + "1,2\n" * 20 + "one,3\n", "rows have missing, non-numeric"),
         ("few.csv", "x,y\n" + "1,2\n" * 9, "has 9 points; at least 10"),
     ],
 )
-def test_a_bad_points_file_is_a_one_line_error_naming_file_and_problem(tmp_path, capsys, name, content, problem):
+def test_a_bad_points_file_is_a_one_line_error_naming_file_and_problem(
+    tmp_path, capsys, name, content, problem
+):
     path = tmp_path / name
     if content is not None:
         path.write_text(content)
@@ -57,7 +77,16 @@ def test_a_bad_points_file_is_a_one_line_error_naming_file_and_problem(tmp_path,
 def test_dataset_list_prints_every_name(capsys):
     assert ddpm.main(["--dataset", "list"]) == 0
     names = capsys.readouterr().out.split()
-    assert len(names) == 16 and {"dino", "star", "bullseye", "x_shape", "datasaurus_circle", "moons", "line", "circle"} <= set(names)
+    assert len(names) == 16 and {
+        "dino",
+        "star",
+        "bullseye",
+        "x_shape",
+        "datasaurus_circle",
+        "moons",
+        "line",
+        "circle",
+    } <= set(names)
 
 
 @needs_datasaurus
@@ -97,13 +126,21 @@ class SpyModel(torch.nn.Module):
 @pytest.mark.parametrize("p, expected_null", [(0.0, 0), (1.0, 1000)])
 def test_cond_drop_prob_replaces_classes_by_the_null_class(p, expected_null):
     model, schedule = SpyModel(), ddpm.NoiseSchedule.named("cosine", 10)
-    ddpm.loss_fn(model, schedule, torch.zeros(1000, 2), torch.zeros(1000, dtype=torch.long), cond_drop_prob=p)
+    ddpm.loss_fn(
+        model, schedule, torch.zeros(1000, 2), torch.zeros(1000, dtype=torch.long), cond_drop_prob=p
+    )
     assert (model.seen == 3).sum().item() == expected_null
 
 
 def test_about_a_tenth_of_the_classes_are_dropped_at_0_1():
     model, schedule = SpyModel(), ddpm.NoiseSchedule.named("cosine", 10)
-    ddpm.loss_fn(model, schedule, torch.zeros(20000, 2), torch.ones(20000, dtype=torch.long), cond_drop_prob=0.1)
+    ddpm.loss_fn(
+        model,
+        schedule,
+        torch.zeros(20000, 2),
+        torch.ones(20000, dtype=torch.long),
+        cond_drop_prob=0.1,
+    )
     assert abs((model.seen == 3).float().mean().item() - 0.1) < 0.01
 
 
@@ -113,11 +150,15 @@ def test_guidance_mixes_conditional_and_unconditional_eps_as_in_ho_and_salimans(
     eps_c, eps_null = model(x_t, t, c), model(x_t, t, None)
     assert torch.allclose(ddpm.guided_eps(model, x_t, t, c, 1.0), eps_c)
     assert torch.allclose(ddpm.guided_eps(model, x_t, t, c, 0.0), eps_null, atol=1e-6)
-    assert torch.allclose(ddpm.guided_eps(model, x_t, t, c, 3.0), eps_null + 3 * (eps_c - eps_null), atol=1e-5)
+    assert torch.allclose(
+        ddpm.guided_eps(model, x_t, t, c, 3.0), eps_null + 3 * (eps_c - eps_null), atol=1e-5
+    )
 
 
 def test_the_guidance_interval_picks_which_steps_are_guided():
-    # T = 10: the step from timestep t sits at (t + 1) / T in the chain, 0.1 (nearly clean) .. 1.0 (pure noise).
+    # T = 10: the step from timestep t sits at (t + 1) / T in the chain, 0.1 (nearly clean) to
+    # 1.0 (pure noise).
+
     scales = [ddpm.guided_at(t, 10, 3.0, (0.0, 0.3)) for t in range(10)]
     assert scales == [3.0, 3.0, 3.0] + [1.0] * 7  # only the last three steps of sampling
     assert [ddpm.guided_at(t, 10, 3.0, (0.5, 1.0)) for t in range(10)] == [1.0] * 5 + [3.0] * 5
@@ -130,9 +171,20 @@ def test_sampling_guides_only_inside_the_interval():
             self.batches.append((int(t[0]), len(x_t)))
             return super().forward(x_t, t, c)
 
-    model, schedule = Spy(hidden_size=8, hidden_layers=1, embedding_size=8, num_classes=2), ddpm.NoiseSchedule.named("cosine", 10)
+    model, schedule = (
+        Spy(hidden_size=8, hidden_layers=1, embedding_size=8, num_classes=2),
+        ddpm.NoiseSchedule.named("cosine", 10),
+    )
     model.batches = []
-    ddpm.sample(model, schedule, 4, torch.Generator().manual_seed(0), c=torch.zeros(4, dtype=torch.long), guidance_scale=2.0, guidance_interval=(0.0, 0.2))
+    ddpm.sample(
+        model,
+        schedule,
+        4,
+        torch.Generator().manual_seed(0),
+        c=torch.zeros(4, dtype=torch.long),
+        guidance_scale=2.0,
+        guidance_interval=(0.0, 0.2),
+    )
     assert model.batches == [(t, 8 if t < 2 else 4) for t in range(9, -1, -1)]
 
 
@@ -145,22 +197,71 @@ def test_leakage_counts_samples_nearer_another_class():
 
 def test_a_conditional_run_on_own_data_samples_every_class_in_its_units(tmp_path):
     rng = np.random.default_rng(0)
-    points = np.concatenate([rng.normal([100, 50], 2, (300, 2)), rng.normal([140, 50], 2, (300, 2))])
+    points = np.concatenate(
+        [rng.normal([100, 50], 2, (300, 2)), rng.normal([140, 50], 2, (300, 2))]
+    )
     path = tmp_path / "two.csv"
-    path.write_text("x,y,label\n" + "".join(f"{x},{y},{'left' if i < 300 else 'right'}\n" for i, (x, y) in enumerate(points)))
-    args = ["--dataset", str(path), "--num_epochs", "40", "--train_batch_size", "64", "--eval_batch_size", "200", "--save_images_step", "10", "--exps_dir", str(tmp_path)]
+    path.write_text(
+        "x,y,label\n"
+        + "".join(f"{x},{y},{'left' if i < 300 else 'right'}\n" for i, (x, y) in enumerate(points))
+    )
+    args = [
+        "--dataset",
+        str(path),
+        "--num_epochs",
+        "40",
+        "--train_batch_size",
+        "64",
+        "--eval_batch_size",
+        "200",
+        "--save_images_step",
+        "10",
+        "--exps_dir",
+        str(tmp_path),
+    ]
     assert ddpm.main(args) == 0
-    frames, labels = np.load(tmp_path / "base" / "frames.npy"), np.load(tmp_path / "base" / "frame_labels.npy")
+    frames, labels = (
+        np.load(tmp_path / "base" / "frames.npy"),
+        np.load(tmp_path / "base" / "frame_labels.npy"),
+    )
     assert labels.tolist() == [0] * 100 + [1] * 100
     last = frames[-1]
-    assert abs(last[labels == 0, 0].mean() - 100) < 5 and abs(last[labels == 1, 0].mean() - 140) < 5  # back in the data's units
+    assert (
+        abs(last[labels == 0, 0].mean() - 100) < 5 and abs(last[labels == 1, 0].mean() - 140) < 5
+    )  # back in the data's units
     checkpoint = torch.load(tmp_path / "base" / "model.pth", weights_only=True)
-    assert checkpoint["classes"] == ["left", "right"] and abs(checkpoint["shift"][0].item() - 120) < 1
+    assert (
+        checkpoint["classes"] == ["left", "right"] and abs(checkpoint["shift"][0].item() - 120) < 1
+    )
     metrics = ddpm.json.loads((tmp_path / "base" / "metrics.json").read_text())
     assert set(metrics["per_class"]) == {"left", "right"} and metrics["class_leakage"] < 0.05
 
-    assert ddpm.main(["--checkpoint", str(tmp_path / "base" / "model.pth"), "--num_epochs", "0", "--class_label", "right",
-                      "--guidance_scale", "2", "--guidance_interval", "0", "0.5", "--eval_batch_size", "100", "--exps_dir", str(tmp_path), "--experiment_name", "right"]) == 0
+    assert (
+        ddpm.main(
+            [
+                "--checkpoint",
+                str(tmp_path / "base" / "model.pth"),
+                "--num_epochs",
+                "0",
+                "--class_label",
+                "right",
+                "--guidance_scale",
+                "2",
+                "--guidance_interval",
+                "0",
+                "0.5",
+                "--eval_batch_size",
+                "100",
+                "--exps_dir",
+                str(tmp_path),
+                "--experiment_name",
+                "right",
+            ]
+        )
+        == 0
+    )
     right = np.load(tmp_path / "right" / "frames.npy")[-1]
     assert abs(right[:, 0].mean() - 140) < 5
-    assert ddpm.json.loads((tmp_path / "right" / "config.json").read_text())["guidance_interval"] == [0.0, 0.5]
+    assert ddpm.json.loads((tmp_path / "right" / "config.json").read_text())[
+        "guidance_interval"
+    ] == [0.0, 0.5]

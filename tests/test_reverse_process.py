@@ -25,12 +25,14 @@ def test_add_noise_has_the_marginal_variance_of_eq_4():
 
 
 def test_posterior_is_the_product_of_the_two_gaussians():
-    # q(x_{t-1} | x_t, x_0) is proportional to q(x_{t-1} | x_0) q(x_t | x_{t-1}): multiply them directly.
+    # q(x_{t-1} | x_t, x_0) is proportional to q(x_{t-1} | x_0) q(x_t | x_{t-1}): multiply them.
     s, t = schedule(), 20
     x_0, x_t = torch.randn(8, 2), torch.randn(8, 2)
     alpha_bar_prev, alpha_t, beta_t = s.alphas_cumprod[t - 1], s.alphas[t], s.betas[t]
     precision = 1 / (1 - alpha_bar_prev) + alpha_t / beta_t
-    direct_mean = (alpha_bar_prev.sqrt() * x_0 / (1 - alpha_bar_prev) + alpha_t.sqrt() * x_t / beta_t) / precision
+    direct_mean = (
+        alpha_bar_prev.sqrt() * x_0 / (1 - alpha_bar_prev) + alpha_t.sqrt() * x_t / beta_t
+    ) / precision
     mean, variance = ddpm.posterior(x_0, x_t, s.alphas_cumprod[t], alpha_bar_prev)
     assert torch.allclose(mean, direct_mean, atol=1e-5)
     assert torch.allclose(variance, 1 / precision, rtol=1e-4)
@@ -79,7 +81,12 @@ class OracleEps(torch.nn.Module):
 
 def test_ddim_with_all_steps_and_eta_0_is_deterministic_and_finds_a_point_mass():
     s, c = schedule(), torch.tensor([1.5, -0.5])
-    run = lambda seed: ddpm.sample(OracleEps(s, c), s, 100, torch.Generator().manual_seed(seed), sampler="ddim")  # noqa: E731
+
+    def run(seed):
+        return ddpm.sample(
+            OracleEps(s, c), s, 100, torch.Generator().manual_seed(seed), sampler="ddim"
+        )
+
     first = run(0)
     assert torch.allclose(first, c.expand(100, 2), atol=1e-4)
     assert torch.allclose(run(0), first)
@@ -87,5 +94,12 @@ def test_ddim_with_all_steps_and_eta_0_is_deterministic_and_finds_a_point_mass()
 
 def test_ddpm_sampler_with_few_steps_finds_a_point_mass():
     s, c = schedule(), torch.tensor([-2.0, 3.0])
-    x_0 = ddpm.sample(OracleEps(s, c), s, 100, torch.Generator().manual_seed(0), sampler="ddpm", num_inference_steps=7)
+    x_0 = ddpm.sample(
+        OracleEps(s, c),
+        s,
+        100,
+        torch.Generator().manual_seed(0),
+        sampler="ddpm",
+        num_inference_steps=7,
+    )
     assert torch.allclose(x_0, c.expand(100, 2), atol=1e-4)

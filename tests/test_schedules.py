@@ -17,10 +17,16 @@ def test_every_schedule_is_increasing_and_ends_in_pure_noise(name, T):
 
 
 def test_linear_schedule_is_ho_et_al_at_T_1000_and_rescaled_elsewhere():
-    assert torch.allclose(ddpm.linear_betas(1000), torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
+    assert torch.allclose(
+        ddpm.linear_betas(1000), torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    )
     betas = ddpm.linear_betas(50)
-    assert betas[0].item() == pytest.approx(20 * 1e-4) and betas[-1].item() == pytest.approx(20 * 0.02)
-    assert torch.allclose(betas[1:] - betas[:-1], torch.full((49,), (0.4 - 0.002) / 49, dtype=torch.float64))
+    assert betas[0].item() == pytest.approx(20 * 1e-4) and betas[-1].item() == pytest.approx(
+        20 * 0.02
+    )
+    assert torch.allclose(
+        betas[1:] - betas[:-1], torch.full((49,), (0.4 - 0.002) / 49, dtype=torch.float64)
+    )
 
 
 def test_quadratic_schedule_is_linear_in_sqrt_beta():
@@ -43,8 +49,12 @@ def test_sigmoid_schedule_alpha_bar_is_a_falling_sigmoid():
     T = 200
     alphas_cumprod = ddpm.NoiseSchedule(ddpm.sigmoid_betas(T)).alphas_cumprod.double()
     s = torch.sigmoid
-    expected = (s(torch.tensor(3.0)) - s(torch.tensor(0.0))) / (s(torch.tensor(3.0)) - s(torch.tensor(-3.0)))
-    assert alphas_cumprod[T // 2 - 1].item() == pytest.approx(expected.item(), rel=1e-4)  # midpoint t = T/2
+    expected = (s(torch.tensor(3.0)) - s(torch.tensor(0.0))) / (
+        s(torch.tensor(3.0)) - s(torch.tensor(-3.0))
+    )
+    assert alphas_cumprod[T // 2 - 1].item() == pytest.approx(
+        expected.item(), rel=1e-4
+    )  # midpoint t = T/2
 
 
 def test_alphas_cumprod_is_the_running_product_of_one_minus_beta():
