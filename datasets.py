@@ -96,12 +96,28 @@ DATASAURUS_SHAPES = {
 }
 
 
+# Each shape is its 142 rows plus Gaussian jitter of this std, in the table's units.
+DATASAURUS_JITTER = 0.15
+# The table's x spans about 0..108 and y 0..96: our units are table / half - 1, times 4.
+DATASAURUS_HALF_RANGE = np.array([54.0, 48.0])
+
+
+def datasaurus_units(xy: np.ndarray) -> np.ndarray:
+    """(n, 2) points of the table mapped to ours, about -4..4 (a per-axis scale 4 / half)."""
+    return (xy / DATASAURUS_HALF_RANGE - 1) * 4
+
+
+def datasaurus_rows(shape: str, data_dir: str | None = None) -> np.ndarray:
+    """The (142, 2) rows of one shape, in the table's units."""
+    table = datasaurus_table(data_dir)
+    return table.loc[table["dataset"] == shape, ["x", "y"]].to_numpy()
+
+
 def datasaurus(shape: str):
     def draw(n: int, rng: np.random.Generator, data_dir: str | None = None) -> np.ndarray:
-        table = datasaurus_table(data_dir)
-        points = table.loc[table["dataset"] == shape, ["x", "y"]].to_numpy()  # (142, 2)
-        xy = points[rng.integers(0, len(points), n)] + rng.normal(size=(n, 2)) * 0.15
-        return np.stack(((xy[:, 0] / 54 - 1) * 4, (xy[:, 1] / 48 - 1) * 4), axis=1)
+        points = datasaurus_rows(shape, data_dir)  # (142, 2)
+        xy = points[rng.integers(0, len(points), n)] + rng.normal(size=(n, 2)) * DATASAURUS_JITTER
+        return datasaurus_units(xy)
 
     return draw
 
