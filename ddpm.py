@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 import datasets
 import evaluate
+import exact
 import plots
 from positional_embeddings import INPUT_EMBEDDINGS, TIME_EMBEDDINGS, make_embedding
 
@@ -455,6 +456,7 @@ class Run:
         self.plot_limits = None
         self.frame_classes = self._frame_classes()
         self.epoch, self.frames, self.frame_epochs, self.frame_seconds = 0, [], [], 0.0
+        self.denoiser = self.ema.module  # what frames are sampled with (or exact.ExactDenoiser)
         if checkpoint:
             self.model.load_state_dict(checkpoint["model"])
             self.ema.load_state_dict(checkpoint["ema"])
@@ -473,12 +475,12 @@ class Run:
 
     def sample_frame(self) -> None:
         tic = time.perf_counter()
-        self.ema.module.eval()
+        self.denoiser.eval()
         config = self.config
         # same x_T every frame: the animation follows the same points
         generator = torch.Generator(self.data.device).manual_seed(config["seed"])
         x_0 = sample(
-            self.ema.module,
+            self.denoiser,
             self.schedule,
             config["eval_batch_size"],
             generator,
@@ -655,6 +657,11 @@ def run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None)
         scale,
         checkpoint,
     )
+    if config["denoiser"] == "exact":  # the true distribution's, in training units
+        mixtures = [
+            m.standardised(shift, scale) for m in exact.class_mixtures(dataset, config["data_dir"])
+        ]
+        state.denoiser = exact.ExactDenoiser(mixtures, state.schedule.alphas_cumprod).to(device)
     if dataset.is_file:
         low, high = points.min(0).values, points.max(0).values
         state.plot_limits = (
@@ -695,7 +702,7 @@ def run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None)
     )
     evaluate_seconds = time.perf_counter() - tic
     tic = time.perf_counter()
-    save_outputs(out_dir, state, state.losses)
+    save_outputs(out_dir, state, state.losses, with_checkpoint=config["denoiser"] == "mlp")
     write_seconds = time.perf_counter() - tic
     metrics["seconds"] = {
         "train": train_seconds,
@@ -859,6 +866,13 @@ def build_parser() -> ArgumentParser:
         help="decay of the moving average of the weights used for sampling, in [0, 1)",
     )
     parser.add_argument(
+        "--denoiser",
+        default="mlp",
+        choices=("mlp", "exact"),
+        help="exact: no training; sample with the true distribution's E[x_0 | x_t] (exact.py), "
+        "the limit any network can reach with these sampler options",
+    )
+    parser.add_argument(
         "--sampler",
         default="ddpm",
         choices=("ddpm", "ddim"),
@@ -986,6 +1000,12 @@ def prepare(argv) -> tuple[dict, datasets.Dataset, dict | None]:
     Raises UsageError (or DatasetError) before anything of an existing run is removed."""
     config, explicit = vars(build_parser().parse_args(argv)), explicit_options(argv)
     check_config(config)
+    if config["denoiser"] == "exact":  # nothing to train or load
+        if {"num_epochs", "checkpoint", "resume"} & explicit.keys():
+            raise UsageError(
+                "--denoiser exact trains nothing: drop --num_epochs/--checkpoint/--resume"
+            )
+        config["num_epochs"] = 0
     out_dir = Path(config["exps_dir"]) / config["experiment_name"]
     device = resolve_device(config["device"])
     checkpoint, replacing = (
@@ -1043,7 +1063,8 @@ def main(argv=None) -> int:
         parser.exit(1, f"{parser.prog}: {err}\n")
     except KeyboardInterrupt as err:
         parser.exit(130, f"{parser.prog}: {err or 'interrupted'}\n")
-    files = "model.pth config.json loss.npy frames.npy images/ metrics.json"
+    files = "config.json loss.npy frames.npy images/ metrics.json"
+    files = files if config["denoiser"] == "exact" else "model.pth " + files
     print(f"outputs in {metrics['out_dir']}/: {files}")
     seconds = metrics["seconds"]["total"]
     print(f"{config['dataset']}: {evaluate.format_metrics(metrics)}  ({seconds:.1f} s)")
