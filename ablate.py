@@ -1,4 +1,5 @@
-"""Sweep one hyperparameter: a run per value, a grid of samples over training, a table of W2 ratios.
+"""Sweep one hyperparameter: a run per value, a grid of samples over training, a table of W2 ratios,
+precision and recall.
 
     python ablate.py learning_rate 1e-2 1e-3 1e-4 1e-5
     python ablate.py beta_schedule linear quadratic cosine sigmoid --dataset moons
@@ -106,6 +107,8 @@ def sweep(
             "w2": metrics["w2"],
             "w2_floor": metrics["w2_floor"],
             "w2_ratio": metrics["w2_ratio"],
+            "precision": metrics["precision"],
+            "recall": metrics["recall"],
         }
         if "off_support_fraction" in metrics:
             row["off_support_fraction"] = metrics["off_support_fraction"]

@@ -132,7 +132,7 @@ def guidance_sweep(exps_dir: Path) -> str:
     for scale, interval in GUIDANCE:
         row = []
         for name in classes:
-            ratios, leaks = [], []
+            ratios, leaks, precisions, recalls = [], [], [], []
             for seed in SAMPLE_SEEDS:
                 args = [
                     "--checkpoint",
@@ -152,6 +152,8 @@ def guidance_sweep(exps_dir: Path) -> str:
                 metrics = ablate.score(out)
                 ratios.append(metrics["w2_ratio"])
                 leaks.append(metrics["class_leakage"])
+                precisions.append(metrics["precision"])
+                recalls.append(metrics["recall"])
                 if seed == SAMPLE_SEEDS[0]:
                     row.append(np.load(out / "frames.npy")[-1])
             rows.append(
@@ -161,6 +163,8 @@ def guidance_sweep(exps_dir: Path) -> str:
                     "class": name,
                     "w2_ratio": float(np.mean(ratios)),
                     "w2_ratio_worst": max(ratios),
+                    "precision": float(np.mean(precisions)),
+                    "recall": float(np.mean(recalls)),
                     "class_leakage": float(np.mean(leaks)),
                     "class_leakage_worst": max(leaks),
                 }

@@ -82,6 +82,7 @@ def test_an_ablation_sweep_draws_a_row_per_value_writes_its_table_and_reuses_its
     assert markdown.count("\n") == 3 and (tmp_path / "table.csv").read_text().startswith(
         "hidden_layers,dataset,w2"
     )
+    assert "w2_ratio,precision,recall" in (tmp_path / "table.csv").read_text()
     checkpoint = tmp_path / ablate.run_name([*BASE, "--hidden_layers", "1"]) / "model.pth"
     trained_at = checkpoint.stat().st_mtime_ns
     ablate.sweep("hidden_layers", ["1"], BASE, tmp_path, figure)
