@@ -241,6 +241,15 @@ def read_points_file(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[st
         )
     if len(points) < MIN_FILE_POINTS:
         raise bad(f"has {len(points)} points; at least {MIN_FILE_POINTS} are needed")
+    # training standardises each coordinate of the float32 points by its spread
+    flat = [
+        name for name, spread in zip("xy", np.ptp(points.astype(np.float32), axis=0)) if not spread
+    ]
+    if flat:
+        raise bad(
+            f"all points have the same {' and the same '.join(flat)} (spread 0): the model needs "
+            "spread in both coordinates"
+        )
     if label_column is None:
         return points, None, []
     classes = sorted(table[label_column].astype(str).unique())
