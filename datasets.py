@@ -56,7 +56,8 @@ def datasaurus_path(data_dir: str | None = None, url: str = DATASAURUS_URL) -> P
     (downloaded once)."""
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
     if data_dir:
-        path = Path(data_dir).expanduser() / DATASAURUS_FILE
+        # os.path.expanduser leaves ~nobody as it is; Path.expanduser raises
+        path = Path(os.path.expanduser(data_dir)) / DATASAURUS_FILE
         if not path.is_file():
             raise DatasetError(
                 f"{path} not found; point --data_dir (or {DATA_DIR_ENV}) at the folder holding "
@@ -271,7 +272,7 @@ def _file(path: Path) -> Dataset:
 def load(spec: str, data_dir: str | None = None) -> Dataset:
     """A dataset by name ("dino"), comma-separated names ("dino,star,bullseye"), or file path."""
     if spec.endswith(FILE_SUFFIXES):
-        return _file(Path(spec).expanduser())
+        return _file(Path(os.path.expanduser(spec)))
     names = spec.split(",")
     unknown = [name for name in names if name not in DATASETS]
     if unknown:
