@@ -56,7 +56,8 @@ def datasaurus_path(data_dir: str | None = None, url: str = DATASAURUS_URL) -> P
     (downloaded once)."""
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
     if data_dir:
-        path = Path(data_dir).expanduser() / DATASAURUS_FILE
+        # os.path.expanduser leaves ~nobody as it is; Path.expanduser raises
+        path = Path(os.path.expanduser(data_dir)) / DATASAURUS_FILE
         if not path.is_file():
             raise DatasetError(
                 f"{path} not found; point --data_dir (or {DATA_DIR_ENV}) at the folder holding "
@@ -257,6 +258,15 @@ def read_points_file(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[st
         )
     if len(points) < MIN_FILE_POINTS:
         raise bad(f"has {len(points)} points; at least {MIN_FILE_POINTS} are needed")
+    # training standardises each coordinate of the float32 points by its spread
+    flat = [
+        name for name, spread in zip("xy", np.ptp(points.astype(np.float32), axis=0)) if not spread
+    ]
+    if flat:
+        raise bad(
+            f"all points have the same {' and the same '.join(flat)} (spread 0): the model needs "
+            "spread in both coordinates"
+        )
     if label_column is None:
         return points, None, []
     classes = sorted(table[label_column].astype(str).unique())
@@ -278,7 +288,7 @@ def _file(path: Path) -> Dataset:
 def load(spec: str, data_dir: str | None = None) -> Dataset:
     """A dataset by name ("dino"), comma-separated names ("dino,star,bullseye"), or file path."""
     if spec.endswith(FILE_SUFFIXES):
-        return _file(Path(spec).expanduser())
+        return _file(Path(os.path.expanduser(spec)))
     names = spec.split(",")
     unknown = [name for name in names if name not in DATASETS]
     if unknown:

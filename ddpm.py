@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -631,6 +632,59 @@ def save_outputs(
         write_atomically(out_dir / "model.pth", lambda f: torch.save(run.checkpoint(), f))
 
 
+def describe(err: Exception) -> str:
+    return f"{type(err).__name__}: {getattr(err, 'strerror', None) or err}"
+
+
+def rescue(out_dir: Path, run: Run, err: OSError, with_checkpoint: bool = True) -> str:
+    """After writing to out_dir failed, save the weights where the disk takes them; say where.
+
+    A write error at the end (disk full, folder removed) must not lose a long run."""
+    failed = f"could not write outputs to {out_dir} ({describe(err)})"
+    if not with_checkpoint:
+        return failed
+    name = f"tiny-diffusion-{run.config['experiment_name']}-{os.getpid()}.pth"
+    for folder in (Path(tempfile.gettempdir()), Path()):
+        try:
+            path = (folder / name).absolute()
+            write_atomically(path, lambda f: torch.save(run.checkpoint(), f))
+        except OSError:
+            continue
+        return (
+            f"{failed}; the trained model is saved at {path}: sample it with --checkpoint "
+            f"{path} --num_epochs 0"
+        )
+    return f"{failed}, nor to {tempfile.gettempdir()} or the current folder: the model is lost"
+
+
+def stop_early(out_dir: Path, run: Run, status: str) -> None:
+    """Save what a diverged or interrupted run has done, and raise, saying where it is."""
+    config = run.config
+    if status == "diverged":
+        first_bad = int((~(run.losses <= DIVERGED_LOSS)).nonzero()[0])  # NaN compares False
+        try:  # no blown-up weights
+            save_outputs(out_dir, run, run.losses[: first_bad + 1], with_checkpoint=False)
+            saved = f"losses and frames so far are in {out_dir}"
+        except OSError as err:
+            saved = rescue(out_dir, run, err, with_checkpoint=False)
+        raise TrainingError(
+            f"training diverged: the loss was {run.losses[first_bad].item():.3g} at step "
+            f"{first_bad} (epoch {run.epoch}); try a lower --learning_rate than "
+            f"{config['learning_rate']:g}; {saved}"
+        )
+    try:
+        save_outputs(out_dir, run, run.losses[: run.epoch * run.batches_per_epoch])
+        saved = (
+            f"saved in {out_dir}. Continue with: python ddpm.py --experiment_name "
+            f"{config['experiment_name']} --exps_dir {config['exps_dir']} --resume"
+        )
+    except OSError as err:
+        saved = rescue(out_dir, run, err)
+    raise KeyboardInterrupt(
+        f"interrupted after epoch {run.epoch} of {config['num_epochs']}; {saved}"
+    )
+
+
 def run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None) -> dict:
     """Train (or continue, or load) a model, sample frames with its EMA weights, evaluate, and
     write exps/<name>/."""
@@ -677,22 +731,8 @@ def run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None)
     tic = time.perf_counter()
     status = state.train()
     train_seconds = time.perf_counter() - tic - state.frame_seconds
-    if status == "diverged":
-        first_bad = int((~(state.losses <= DIVERGED_LOSS)).nonzero()[0])  # NaN compares False
-        # no blown-up weights
-        save_outputs(out_dir, state, state.losses[: first_bad + 1], with_checkpoint=False)
-        raise TrainingError(
-            f"training diverged: the loss was {state.losses[first_bad].item():.3g} at step "
-            f"{first_bad} (epoch {state.epoch}); try a lower --learning_rate than "
-            f"{config['learning_rate']:g}. Losses and frames so far are in {out_dir}"
-        )
-    if status == "interrupted":
-        save_outputs(out_dir, state, state.losses[: state.epoch * state.batches_per_epoch])
-        raise KeyboardInterrupt(
-            f"interrupted after epoch {state.epoch} of {config['num_epochs']}; saved in {out_dir}. "
-            f"Continue with: python ddpm.py --experiment_name {config['experiment_name']} "
-            f"--exps_dir {config['exps_dir']} --resume"
-        )
+    if status != "done":
+        stop_early(out_dir, state, status)
     if not state.frames:  # --num_epochs 0: only sample the checkpoint
         state.sample_frame()
 
@@ -702,33 +742,57 @@ def run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None)
     )
     evaluate_seconds = time.perf_counter() - tic
     tic = time.perf_counter()
-    save_outputs(out_dir, state, state.losses, with_checkpoint=config["denoiser"] == "mlp")
-    write_seconds = time.perf_counter() - tic
-    metrics["seconds"] = {
-        "train": train_seconds,
-        "frames": state.frame_seconds,
-        "evaluate": evaluate_seconds,
-        "write": write_seconds,
-        "total": time.perf_counter() - started,
-    }
-    write_atomically(
-        out_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode())
-    )
+    try:
+        trained = config["denoiser"] == "mlp"  # an exact denoiser has no weights
+        save_outputs(out_dir, state, state.losses, with_checkpoint=trained)
+        metrics["seconds"] = {
+            "train": train_seconds,
+            "frames": state.frame_seconds,
+            "evaluate": evaluate_seconds,
+            "write": time.perf_counter() - tic,
+            "total": time.perf_counter() - started,
+        }
+        write_atomically(
+            out_dir / "metrics.json",
+            lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()),
+        )
+    except OSError as err:
+        raise TrainingError(rescue(out_dir, state, err, with_checkpoint=trained)) from None
     return metrics | {"out_dir": str(out_dir)}
 
 
 # ----------------------------------------------------------------------------- 7. Command line
+def one_line(message: str) -> str:
+    """The message with its line breaks escaped: a typed name may hold a newline."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
-def positive(kind):
+def finite(kind):
+    """An argparse type: a number of this kind, never nan or inf."""
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def positive(kind):
+    number = finite(kind)
+
+    def parse(text: str):
+        value = number(text)
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
         return value
@@ -831,7 +895,7 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--cond_drop_prob",
-        type=float,
+        type=finite(float),
         default=0.1,
         help="for datasets with classes: how often training hides the class, so the model also "
         "learns p(x) for guidance",
@@ -843,14 +907,14 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--guidance_scale",
-        type=float,
+        type=finite(float),
         default=1.0,
         help="classifier-free guidance scale s: 1 plain conditional, >1 sharper classes, "
         "0 unconditional",
     )
     parser.add_argument(
         "--guidance_interval",
-        type=float,
+        type=finite(float),
         nargs=2,
         default=[0.0, 1.0],
         metavar=("LO", "HI"),
@@ -861,7 +925,7 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--ema_decay",
-        type=float,
+        type=finite(float),
         default=0.995,
         help="decay of the moving average of the weights used for sampling, in [0, 1)",
     )
@@ -886,7 +950,7 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--eta",
-        type=float,
+        type=finite(float),
         default=0.7,
         help="DDIM's eta in [0, 1]: 0 deterministic, 1 as noisy as DDPM (0.7 measured best at "
         "20 steps, see README)",
@@ -950,6 +1014,8 @@ def check_config(config: dict) -> None:
         raise UsageError(f"--cond_drop_prob must be in [0, 1], got {config['cond_drop_prob']}")
     if config["guidance_scale"] < 0:
         raise UsageError(f"--guidance_scale must be at least 0, got {config['guidance_scale']}")
+    if not 0 <= config["seed"] < 2**32:
+        raise UsageError(f"--seed must be in [0, 2**32), got {config['seed']}")
     lo, hi = config["guidance_interval"]
     if not 0 <= lo < hi <= 1:
         raise UsageError(f"--guidance_interval LO HI needs 0 <= LO < HI <= 1, got {lo:g} {hi:g}")
@@ -994,6 +1060,17 @@ def merge_checkpoint_config(config: dict, explicit: dict, saved: dict, fields) -
     return config | {field: saved[field] for field in fields}
 
 
+def check_writable(out_dir: Path) -> None:
+    """Create out_dir and write a file in it: a folder that refuses is found before training."""
+    probe = out_dir / ".write-test"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_atomically(probe, lambda f: f.write(b"tiny-diffusion"))
+        probe.unlink()
+    except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
+        raise UsageError(f"cannot write outputs to {out_dir}: {describe(err)}") from None
+
+
 def prepare(argv) -> tuple[dict, datasets.Dataset, dict | None]:
     """Parse and check the command line; load the checkpoint and the dataset it names.
 
@@ -1010,7 +1087,7 @@ def prepare(argv) -> tuple[dict, datasets.Dataset, dict | None]:
     device = resolve_device(config["device"])
     checkpoint, replacing = (
         None,
-        not config["resume"] and out_dir.exists() and any(out_dir.iterdir()),
+        not config["resume"] and out_dir.is_dir() and any(out_dir.iterdir()),
     )
     if config["resume"]:
         if config["checkpoint"]:
@@ -1040,6 +1117,7 @@ def prepare(argv) -> tuple[dict, datasets.Dataset, dict | None]:
             f"--class_label {config['class_label']!r} is not a class of {dataset.name}: "
             f"its classes are {', '.join(dataset.classes) or 'none'}"
         )
+    check_writable(out_dir)
     if replacing:
         # nothing of the replaced run may survive to be mistaken for the new one
         for name in OUTPUT_FILES:
@@ -1060,9 +1138,9 @@ def main(argv=None) -> int:
     except (UsageError, datasets.DatasetError) as err:
         parser.error(str(err))
     except TrainingError as err:
-        parser.exit(1, f"{parser.prog}: {err}\n")
+        parser.exit(1, f"{parser.prog}: {one_line(str(err))}\n")
     except KeyboardInterrupt as err:
-        parser.exit(130, f"{parser.prog}: {err or 'interrupted'}\n")
+        parser.exit(130, f"{parser.prog}: {one_line(str(err) or 'interrupted')}\n")
     files = "config.json loss.npy frames.npy images/ metrics.json"
     files = files if config["denoiser"] == "exact" else "model.pth " + files
     print(f"outputs in {metrics['out_dir']}/: {files}")

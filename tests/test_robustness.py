@@ -1,8 +1,12 @@
 """Every mistake a user can make ends in a one-line message, and no run is lost or half-written."""
 
+import errno
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -83,6 +87,13 @@ def assert_one_line_error(code, err, *phrases, exit_code=2):
         (["--eta", "2"], "--eta must be in [0, 1]"),
         (["--cond_drop_prob", "1.5"], "--cond_drop_prob must be in [0, 1]"),
         (["--guidance_scale", "-1"], "--guidance_scale must be at least 0"),
+        (["--guidance_scale", "nan"], "--guidance_scale: must be a finite number, got nan"),
+        (["--guidance_scale", "inf"], "--guidance_scale: must be a finite number, got inf"),
+        (["--learning_rate", "inf"], "--learning_rate: must be a finite number, got inf"),
+        (["--eta=-inf"], "--eta: must be a finite number, got -inf"),
+        (["--guidance_interval", "0", "nan"], "--guidance_interval: must be a finite number"),
+        (["--seed", "-1"], "--seed must be in [0, 2**32), got -1"),
+        (["--seed", str(2**64)], "--seed must be in [0, 2**32)"),
         (
             ["--guidance_interval", "0.5", "0.2"],
             "--guidance_interval LO HI needs 0 <= LO < HI <= 1, got 0.5 0.2",
@@ -334,3 +345,184 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_p
         assert np.array_equal(
             np.load(tmp_path / "run" / output), np.load(tmp_path / "whole" / output)
         ), output
+
+
+def test_every_float_option_refuses_nan_and_inf(capsys, tmp_path):
+    floats = [
+        action
+        for action in ddpm.build_parser()._actions
+        if action.type is not None and "float" in action.type.__name__
+    ]
+    assert {"--learning_rate", "--ema_decay", "--eta", "--guidance_interval"} <= {
+        action.option_strings[0] for action in floats
+    }
+    for action in floats:
+        for value in ["nan", "inf", "1e999"]:  # -inf: the parametrized --eta=-inf above
+            args = (
+                [f"{action.option_strings[0]}={value}"]
+                if action.nargs is None
+                else ([action.option_strings[0], *[value] * action.nargs])
+            )
+            code, err = cli(capsys, "--exps_dir", str(tmp_path), *args)
+            assert_one_line_error(code, err, "must be a finite number")
+
+
+def test_no_option_is_a_bare_float(capsys):
+    assert all(action.type is not float for action in ddpm.build_parser()._actions)
+
+
+class Started(Exception):
+    """Raised by the stub of ddpm.run: the checks let the run start."""
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """ddpm.run replaced by a stub that records the call and raises Started."""
+    started = []
+
+    def stub(*args):
+        started.append(args)
+        raise Started
+
+    monkeypatch.setattr(ddpm, "run", stub)
+    return started
+
+
+def test_an_output_folder_under_a_file_is_refused_before_training(capsys, tmp_path, no_training):
+    (tmp_path / "passwd").write_text("root:x:0:0")
+    code, err = cli(capsys, *TINY, "--exps_dir", str(tmp_path / "passwd"))
+    assert_one_line_error(code, err, f"cannot write outputs to {tmp_path}/passwd/base", "Not a")
+    assert not no_training
+
+
+def test_an_experiment_name_that_is_a_file_is_refused_before_training(
+    capsys, tmp_path, no_training
+):
+    (tmp_path / "notes.txt").write_text("my notes")
+    code, err = cli(capsys, *TINY, "--exps_dir", str(tmp_path), "--experiment_name", "notes.txt")
+    assert_one_line_error(code, err, "cannot write outputs to", "File exists")
+    assert (tmp_path / "notes.txt").read_text() == "my notes" and not no_training
+
+
+def full_disk(folder):
+    """A write_atomically that fails as a full disk does for every file under `folder`."""
+    write = ddpm.write_atomically
+
+    def write_or_fail(path, content):
+        if folder in path.parents:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write(path, content)
+
+    return write_or_fail
+
+
+def test_a_full_disk_is_found_before_training(capsys, tmp_path, monkeypatch, no_training):
+    monkeypatch.setattr(ddpm, "write_atomically", full_disk(tmp_path))
+    code, err = cli(capsys, *TINY, "--exps_dir", str(tmp_path / "exps"))
+    assert_one_line_error(code, err, "cannot write outputs to", "No space left on device")
+    assert not no_training
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_found_before_training(capsys, tmp_path, no_training):
+    (tmp_path / "exps").mkdir(mode=0o500)
+    code, err = cli(capsys, *TINY, "--exps_dir", str(tmp_path / "exps"))
+    assert_one_line_error(code, err, "cannot write outputs to", "Permission denied")
+    assert not no_training
+
+
+def test_the_write_check_leaves_no_run_behind(capsys, tmp_path, no_training):
+    with pytest.raises(Started):
+        ddpm.main([*TINY, "--exps_dir", str(tmp_path)])
+    assert list((tmp_path / "base").iterdir()) == []  # an empty folder is not a run
+    with pytest.raises(Started):  # so the same command is not refused
+        ddpm.main([*TINY, "--exps_dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    "rows, phrase",
+    [
+        ([[1.5, 2.0]] * 50, "all points have the same x and the same y (spread 0)"),
+        ([[1.5, k] for k in range(50)], "all points have the same x (spread 0)"),
+        ([[k, -3.0] for k in range(50)], "all points have the same y (spread 0)"),
+        ([[1e9 + k * 1e-6, k] for k in range(50)], "all points have the same x (spread"),
+    ],
+    ids=["all-equal", "same-x", "same-y", "same-x-in-float32"],
+)
+def test_points_without_spread_are_refused_before_training(
+    capsys, tmp_path, no_training, rows, phrase
+):
+    path = tmp_path / "pts.csv"
+    np.savetxt(path, np.array(rows), delimiter=",", header="x,y", comments="")
+    code, err = cli(capsys, *TINY, "--dataset", str(path), "--exps_dir", str(tmp_path))
+    assert_one_line_error(code, err, f"{path}: {phrase}", "spread in both coordinates")
+    assert not no_training
+
+
+def break_after_training(monkeypatch, out_dir, how, status="done"):
+    """Once training is over, make out_dir refuse writes: replaced by a file, or a full disk."""
+    train = ddpm.Run.train
+
+    def train_then_break(run):
+        train(run)
+        if how == "replaced by a file":
+            shutil.rmtree(out_dir)
+            out_dir.write_text("")
+        else:
+            monkeypatch.setattr(ddpm, "write_atomically", full_disk(out_dir))
+        return status
+
+    monkeypatch.setattr(ddpm.Run, "train", train_then_break)
+
+
+@pytest.mark.parametrize(
+    "status, exit_code, phrase",
+    [("done", 1, "ddpm.py: could not write"), ("interrupted", 130, "interrupted after epoch 3")],
+)
+@pytest.mark.parametrize("how", ["replaced by a file", "full disk"])
+def test_a_write_error_after_training_saves_the_model_elsewhere_and_says_where(
+    capsys, tmp_path, monkeypatch, how, status, exit_code, phrase
+):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    out_dir = tmp_path / "exps" / "base"
+    break_after_training(monkeypatch, out_dir, how, status)
+    code, err = cli(capsys, *TINY, "--exps_dir", str(tmp_path / "exps"))
+    saved = tmp_path / f"tiny-diffusion-base-{os.getpid()}.pth"
+    assert_one_line_error(
+        code, err, phrase, f"could not write outputs to {out_dir}", exit_code=exit_code
+    )
+    assert f"the trained model is saved at {saved}: sample it with --checkpoint {saved}" in err
+    assert ddpm.load_checkpoint(saved, torch.device("cpu"))["epoch"] == 3
+    monkeypatch.undo()
+    code, err = cli(
+        capsys,
+        "--checkpoint",
+        str(saved),
+        "--num_epochs",
+        "0",
+        "--eval_batch_size",
+        "100",
+        "--exps_dir",
+        str(tmp_path / "sampled"),
+    )
+    assert code == 0, err
+    assert np.load(tmp_path / "sampled" / "base" / "frames.npy").shape == (1, 100, 2)
+
+
+def test_without_a_writable_temp_folder_the_model_is_saved_in_the_current_one(
+    capsys, tmp_path, monkeypatch
+):
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "not-a-folder"))
+    monkeypatch.chdir(tmp_path)
+    break_after_training(monkeypatch, tmp_path / "exps" / "base", "full disk")
+    code, err = cli(capsys, *TINY, "--exps_dir", str(tmp_path / "exps"))
+    saved = tmp_path / f"tiny-diffusion-base-{os.getpid()}.pth"
+    assert_one_line_error(code, err, f"the trained model is saved at {saved}", exit_code=1)
+    assert ddpm.load_checkpoint(saved, torch.device("cpu"))["epoch"] == 3
+
+
+def test_a_write_error_after_divergence_is_one_line(capsys, tmp_path, monkeypatch):
+    break_after_training(monkeypatch, tmp_path / "base", "replaced by a file", "diverged")
+    code, err = cli(capsys, *TINY, "--learning_rate", "1.0", "--exps_dir", str(tmp_path))
+    assert_one_line_error(code, err, "diverged", "could not write outputs to", exit_code=1)
