@@ -18,7 +18,7 @@ def test_add_noise_has_the_marginal_variance_of_eq_4():
 
 
 def vp_step(step, x_t, x_0, alpha_bar_t, alpha_bar_prev, z):
-    """One VE step from x_t (Ho et al.'s units) with a denoiser that answers x_0, back in x_t units."""
+    """One VE step from x_t (Ho et al.'s units) with a denoiser answering x_0, back in x_t units."""
     sigma, sigma_prev = (((1 - a) / a).sqrt().item() for a in (alpha_bar_t, alpha_bar_prev))
     x_next = step(lambda x, s: x_0, x_t / alpha_bar_t.sqrt(), sigma, sigma_prev, z)
     return alpha_bar_prev.sqrt() * x_next
