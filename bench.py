@@ -62,7 +62,14 @@ def main(argv=None) -> None:
 
     def sample():
         generator = torch.Generator().manual_seed(0)
-        return ddpm.sample(run.ema.module, run.schedule, n, generator, clip_range=run.clip_range)
+        return ddpm.sample(
+            run.ema.module,
+            run.method,
+            n,
+            generator,
+            num_inference_steps=T,
+            clip_range=run.clip_range,
+        )
 
     seconds = time_it(sample, 3)
     rate = n * T / seconds

@@ -17,6 +17,7 @@ import signal
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,19 @@ class NoiseSchedule:
 
 
 # ----------------------------------------------------------------------------- 3. Denoiser
+# One language for every method (Karras et al. 2022, "EDM", sec. 2 and Table 1): a noisy point is
+# x = x_0 + sigma * eps ("variance exploding"), and sampling needs only the denoiser D(x; sigma),
+# an estimate of x_0 (their eq. 3). A method (DDPM, flow, EDM below) says how its network is
+# trained and how the network's output becomes D; the samplers of section 5 see only D and sigma.
+#
+# The network F is always called as F(x_in, time_in, c) -> (B, 2):
+#   x_in    (B, 2)  the noisy point in the method's own units: DDPM's or flow's x_t, EDM's c_in x
+#   time_in (B,)    the noise level in the method's own units, a float: DDPM's timestep t in
+#                   [0, T), flow's 1000 t, EDM's 250 c_noise. The sinusoidal time embedding
+#                   (frequencies 1 down to 1e-4) needs inputs that change by ~1 or more between
+#                   levels the network must tell apart, as DDPM's integer timesteps do.
+#   c       (B,)    class indices, or None for the null class
+# It predicts eps (ddpm), the velocity eps - x_0 (flow) or EDM's F (edm).
 class Block(nn.Module):
     def __init__(self, size: int):
         super().__init__()
@@ -127,7 +141,7 @@ class Block(nn.Module):
 
 
 class MLP(nn.Module):
-    """eps_theta(x_t, t[, c]): x and y each get a sinusoidal embedding (scale 25), then t gets one.
+    """F(x_in, time_in[, c]): x and y each get a sinusoidal embedding (scale 25), then time_in one.
 
     With num_classes > 0 a learned class embedding joins them; class index num_classes is
     the null class, "no class given" (Ho & Salimans 2022, sec. 3.2).
@@ -160,158 +174,343 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(
-        self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None
+        self, x_in: torch.Tensor, time_in: torch.Tensor, c: torch.Tensor | None = None
     ) -> torch.Tensor:
-        features = [self.embed_x(x_t[:, 0]), self.embed_y(x_t[:, 1]), self.embed_t(t)]
+        features = [self.embed_x(x_in[:, 0]), self.embed_y(x_in[:, 1]), self.embed_t(time_in)]
         if self.num_classes:
-            c = torch.full_like(t, self.num_classes) if c is None else c  # (B,) class indices
+            if c is None:
+                c = torch.full((len(x_in),), self.num_classes, device=x_in.device)  # (B,)
             features.append(self.embed_class(c))
-        return self.net(torch.cat(features, dim=-1))  # (B, in_size) -> (B, 2): the predicted eps
+        return self.net(torch.cat(features, dim=-1))  # (B, in_size) -> (B, 2)
+
+
+# A method is its forward process and training target (training_example), and the conversion of
+# the network's output into D (denoised); `grid` names its own noise levels for sampling (sec. 5).
+# training_example(x_0, eps) draws a noise level per point and returns the network's input,
+# time input and target: every method's loss is then the plain MSE of section 4.
+class DDPM:
+    """Ho et al. 2020: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, F predicts eps.
+
+    In VE terms (Karras et al. 2022, Table 1, "VP"): sigma_t = sqrt((1 - alpha_bar_t) /
+    alpha_bar_t) and x_t = sqrt(alpha_bar) x with alpha_bar = 1 / (1 + sigma^2)."""
+
+    grid = "timesteps"
+
+    def __init__(self, config: dict, sigma_data: float):
+        self.schedule = NoiseSchedule.named(config["beta_schedule"], config["num_timesteps"])
+        alpha_bar = self.schedule.alphas_cumprod
+        self.sigmas = ((1 - alpha_bar) / alpha_bar).sqrt()  # (T,) sigma_t, growing with t
+        self.sigma_min, self.sigma_max = self.sigmas[0].item(), self.sigmas[-1].item()
+
+    def to(self, device) -> "DDPM":
+        self.schedule, self.sigmas = self.schedule.to(device), self.sigmas.to(device)
+        return self
+
+    def training_example(self, x_0: torch.Tensor, eps: torch.Tensor):
+        t = torch.randint(0, self.schedule.num_timesteps, (len(x_0),), device=x_0.device)
+        return self.schedule.add_noise(x_0, eps, t), t.float(), eps  # Ho et al. 2020, eq. 14
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The (B,) t of each sigma: exact on the trained levels, log sigma interpolated between."""
+        log_sigmas, log_sigma = self.sigmas.log(), sigma.log()
+        i = torch.searchsorted(log_sigmas, log_sigma).clamp(1, len(log_sigmas) - 1)  # (B,)
+        low, high = log_sigmas[i - 1], log_sigmas[i]
+        return i - 1 + ((log_sigma - low) / (high - low)).clamp(0, 1)
+
+    def denoised(self, model, x, sigma, c=None) -> torch.Tensor:
+        alpha_bar = 1 / (1 + sigma[:, None] ** 2)  # (B, 1)
+        eps = model(alpha_bar.sqrt() * x, self.timestep(sigma), c)
+        return x - sigma[:, None] * eps  # Ho et al. 2020, eq. 15 divided by sqrt(alpha_bar_t)
+
+    def summary(self) -> str:
+        alpha_bar_T = self.schedule.alphas_cumprod[-1].item()
+        return f"ddpm, T = {self.schedule.num_timesteps}: alpha_bar_T = {alpha_bar_T:.2e}"
+
+
+FLOW_T = {  # how flow matching draws its training times t in (0, 1)
+    "uniform": lambda n, device: torch.rand(n, device=device),
+    # Esser et al. 2024 (SD3), sec. 3.1: more weight on the middle times
+    "logit_normal": lambda n, device: torch.sigmoid(torch.randn(n, device=device)),
+}
+
+
+class Flow:
+    """Lipman et al. 2023, Liu et al. 2023: x_t = (1 - t) x_0 + t eps, F predicts v = eps - x_0.
+
+    In VE terms sigma = t / (1 - t) and x_t = x / (1 + sigma); t = 1 is sigma = inf."""
+
+    grid = "uniform_t"
+
+    def __init__(self, config: dict, sigma_data: float):
+        self.draw_t, self.flow_t = FLOW_T[config["flow_t"]], config["flow_t"]
+        self.sigma_min, self.sigma_max = config["sigma_min"], config["sigma_max"]
+
+    def to(self, device) -> "Flow":
+        return self
+
+    def training_example(self, x_0: torch.Tensor, eps: torch.Tensor):
+        t = self.draw_t(len(x_0), x_0.device)  # (B,)
+        x_t = (1 - t[:, None]) * x_0 + t[:, None] * eps
+        return x_t, 1000 * t, eps - x_0
+
+    def denoised(self, model, x, sigma, c=None) -> torch.Tensor:
+        t = sigma / (1 + sigma)  # (B,)
+        x_t = x / (1 + sigma[:, None])
+        return x_t - t[:, None] * model(x_t, 1000 * t, c)  # x_0 = x_t - t v
+
+    def summary(self) -> str:
+        return f"flow, t ~ {self.flow_t}"
+
+
+class EDM:
+    """Karras et al. 2022: x = x_0 + sigma eps, D = c_skip x + c_out F(c_in x; c_noise).
+
+    The preconditioning (their Table 1) keeps F's input and target at unit variance for data of
+    standard deviation sigma_data."""
+
+    grid = "karras"
+
+    def __init__(self, config: dict, sigma_data: float):
+        self.sigma_data, self.P_mean, self.P_std = sigma_data, config["P_mean"], config["P_std"]
+        self.sigma_min, self.sigma_max = config["sigma_min"], config["sigma_max"]
+
+    def to(self, device) -> "EDM":
+        return self
+
+    def preconditioning(self, sigma: torch.Tensor):
+        """c_skip, c_out, c_in, c_noise of Karras et al. 2022, Table 1, each shaped as sigma."""
+        s2 = sigma**2 + self.sigma_data**2
+        c_skip = self.sigma_data**2 / s2
+        return c_skip, sigma * self.sigma_data / s2.sqrt(), 1 / s2.sqrt(), sigma.log() / 4
+
+    def training_example(self, x_0: torch.Tensor, eps: torch.Tensor):
+        # ln sigma ~ N(P_mean, P_std^2), Karras et al. 2022, Table 1
+        sigma = (self.P_mean + self.P_std * torch.randn(len(x_0), 1, device=x_0.device)).exp()
+        c_skip, c_out, c_in, c_noise = self.preconditioning(sigma)  # (B, 1) each
+        x = x_0 + sigma * eps
+        # the weight lambda = 1 / c_out^2 makes lambda |D - x_0|^2 = |F - target|^2 (their eq. 8)
+        return c_in * x, 250 * c_noise[:, 0], (x_0 - c_skip * x) / c_out
+
+    def denoised(self, model, x, sigma, c=None) -> torch.Tensor:
+        c_skip, c_out, c_in, c_noise = self.preconditioning(sigma[:, None])  # (B, 1) each
+        return c_skip * x + c_out * model(c_in * x, 250 * c_noise[:, 0], c)
+
+    def summary(self) -> str:
+        return (
+            f"edm, sigma_data = {self.sigma_data:.3g}, "
+            f"ln sigma ~ N({self.P_mean:g}, {self.P_std:g}^2)"
+        )
+
+
+METHODS = {"ddpm": DDPM, "flow": Flow, "edm": EDM}
 
 
 # ----------------------------------------------------------------------------- 4. Training loss
 def loss_fn(
     model: nn.Module,
-    schedule: NoiseSchedule,
+    method,
     x_0: torch.Tensor,
     c: torch.Tensor | None = None,
     cond_drop_prob: float = 0.0,
 ) -> torch.Tensor:
     eps = torch.randn_like(x_0)
-    t = torch.randint(0, schedule.num_timesteps, (len(x_0),), device=x_0.device)
-    x_t = schedule.add_noise(x_0, eps, t)
-    if (
-        c is not None
-    ):  # classifier-free guidance: the same model also learns p(x) (Ho & Salimans 2022, Alg. 1)
+    x_in, time_in, target = method.training_example(x_0, eps)
+    if c is not None:
+        # classifier-free guidance: the same model also learns p(x) (Ho & Salimans 2022, Alg. 1)
         c = torch.where(torch.rand(len(c), device=c.device) < cond_drop_prob, model.num_classes, c)
-    return F.mse_loss(model(x_t, t, c), eps)  # Ho et al. 2020, eq. 14: L_simple
+    return F.mse_loss(model(x_in, time_in, c), target)  # Ho et al. 2020's L_simple for ddpm
 
 
 # ----------------------------------------------------------------------------- 5. Reverse process
-# Each step goes from timestep t to an earlier one, t_prev: the next timestep in training,
-# or a jump when sampling with fewer steps. It needs only alpha_bar at both ends
-# (alpha_bar_prev = 1 at the end of the chain).
-def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor) -> torch.Tensor:
-    # Ho et al. 2020, eq. 15: eq. 4 solved for x_0
-    return (x_t - (1 - alpha_bar_t).sqrt() * eps) / alpha_bar_t.sqrt()
-
-
-def posterior(
-    x_0: torch.Tensor, x_t: torch.Tensor, alpha_bar_t: torch.Tensor, alpha_bar_prev: torch.Tensor
-):
-    """Mean and variance of q(x_prev | x_t, x_0), Ho et al. 2020, eqs. 6-7."""
-    # one step's beta, or a whole jump's (Nichol & Dhariwal 2021, sec. 4)
-    beta_t = 1 - alpha_bar_t / alpha_bar_prev
-    mean = (alpha_bar_prev.sqrt() * beta_t / (1 - alpha_bar_t)) * x_0 + (
-        (1 - beta_t).sqrt() * (1 - alpha_bar_prev) / (1 - alpha_bar_t)
-    ) * x_t
-    variance = (1 - alpha_bar_prev) / (1 - alpha_bar_t) * beta_t  # beta-tilde, eq. 7
-    return mean, variance
-
-
-def clip_x0(x_0: torch.Tensor, clip_range: torch.Tensor | None) -> torch.Tensor:
-    # At high noise eq. 15 divides by a tiny sqrt(alpha_bar_t), so a small error in eps
-    # throws x_0 far outside the data; clipping to the data's box (2, 2) keeps each step sane.
-    return x_0 if clip_range is None else x_0.clamp(clip_range[0], clip_range[1])
-
-
-def ddpm_step(x_t, eps, alpha_bar_t, alpha_bar_prev, z, clip_range=None):
-    """Ancestral sampling: x_prev ~ N(posterior mean, beta-tilde).
-
-    Ho et al. 2020, Alg. 2, via eqs. 15 and 7."""
-    x_0 = clip_x0(predict_x0(x_t, eps, alpha_bar_t), clip_range)
-    mean, variance = posterior(x_0, x_t, alpha_bar_t, alpha_bar_prev)
-    return mean + variance.sqrt() * z
-
-
-def ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev, z, eta=0.0, clip_range=None):
-    """Song et al. 2021, eq. 12; eta = 0 is deterministic, eta = 1 is the DDPM posterior."""
-    x_0 = clip_x0(predict_x0(x_t, eps, alpha_bar_t), clip_range)
-    # the eps consistent with the clipped x_0
-    eps = (x_t - alpha_bar_t.sqrt() * x_0) / (1 - alpha_bar_t).sqrt()
-    beta_t = 1 - alpha_bar_t / alpha_bar_prev
-    sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t) * beta_t).sqrt()  # eq. 16
-    return alpha_bar_prev.sqrt() * x_0 + (1 - alpha_bar_prev - sigma**2).sqrt() * eps + sigma * z
-
-
+# Sampling walks down a grid of noise levels sigma_0 > sigma_1 > ... > sigma_N = 0. A grid is a
+# function (method, n) -> the n levels before the final 0, as a float64 tensor.
 def inference_timesteps(num_timesteps: int, num_inference_steps: int | None = None) -> list[int]:
     """Evenly spaced timesteps from T-1 down to 0; all of them by default."""
     steps = num_inference_steps or num_timesteps
     return torch.linspace(num_timesteps - 1, 0, steps, dtype=torch.float64).round().long().tolist()
 
 
-def guided_eps(model, x_t, t, c, guidance_scale: float) -> torch.Tensor:
-    """Classifier-free guidance, Ho & Salimans 2022, eq. 6 with w = guidance_scale - 1:
-    eps_null + s (eps_c - eps_null). s = 1 is the plain conditional model, s > 1 sharpens the
-    class."""
+def timesteps_grid(method: DDPM, n: int) -> torch.Tensor:
+    """DDPM's trained levels: sigma_t of n evenly spaced timesteps (Ho et al. 2020; n = T: all)."""
+    return method.sigmas[inference_timesteps(len(method.sigmas), n)].double().cpu()
+
+
+def karras_grid(method, n: int, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. 2022, eq. 5: sigma_max to sigma_min, evenly spaced in sigma^(1/rho)."""
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    lo, hi = method.sigma_min ** (1 / rho), method.sigma_max ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def uniform_t_grid(method, n: int) -> torch.Tensor:
+    """Flow matching's even steps in t = sigma / (1 + sigma) (Lipman et al. 2023).
+
+    The chain starts at t(sigma_max) < 1, not at t = 1: there sigma = inf and x = x_t / (1 - t) is
+    undefined; from sigma_max = 10 the skipped stretch moves x_t by t(sigma_max) x_0 / sigma_max."""
+    t_max = method.sigma_max / (1 + method.sigma_max)
+    t = torch.linspace(t_max, 0, n + 1, dtype=torch.float64)[:-1]
+    return t / (1 - t)
+
+
+GRIDS = {"timesteps": timesteps_grid, "karras": karras_grid, "uniform_t": uniform_t_grid}
+
+
+def noise_levels(grid: str, method, n: int) -> list[float]:
+    """The n + 1 levels of an n-step chain: the grid, then 0."""
+    return GRIDS[grid](method, n).tolist() + [0.0]
+
+
+def clip_x0(x_0: torch.Tensor, clip_range: torch.Tensor | None) -> torch.Tensor:
+    # At high noise a small error in the network's output throws x_0 far outside the data;
+    # clipping to the data's box (2, 2) keeps each step sane.
+    return x_0 if clip_range is None else x_0.clamp(clip_range[0], clip_range[1])
+
+
+def denoised(model, method, x, sigma, c=None) -> torch.Tensor:
+    """A network's D through its method; the exact denoiser (exact.py) gives D itself."""
+    if isinstance(model, exact.ExactDenoiser):
+        return model(x, sigma, c)
+    return method.denoised(model, x, sigma, c)
+
+
+def denoise(model, method, x, sigma: float, c=None, guidance_scale=1.0, clip_range=None):
+    """D(x; sigma) of the points x (n, 2), clipped to the data's box.
+
+    Classifier-free guidance, Ho & Salimans 2022, eq. 6 with w = guidance_scale - 1, on D:
+    D_null + s (D_c - D_null). D is affine in the network's output, so this is their eps-mix.
+    s = 1 is the plain conditional model, s > 1 sharpens the class."""
+    sigma = torch.full((len(x),), sigma, device=x.device)  # (n,)
     if c is None or guidance_scale == 1.0:
-        return model(x_t, t, c)
+        return clip_x0(denoised(model, method, x, sigma, c), clip_range)
     null = torch.full_like(c, model.num_classes)
     # one batched call for both
-    eps_c, eps_null = model(torch.cat((x_t, x_t)), torch.cat((t, t)), torch.cat((c, null))).chunk(2)
-    return eps_null + guidance_scale * (eps_c - eps_null)
+    both = denoised(
+        model, method, torch.cat((x, x)), torch.cat((sigma, sigma)), torch.cat((c, null))
+    )
+    D_c, D_null = both.chunk(2)
+    return clip_x0(D_null + guidance_scale * (D_c - D_null), clip_range)
 
 
-def guided_at(
-    t: int, num_timesteps: int, guidance_scale: float, guidance_interval=(0.0, 1.0)
-) -> float:
-    """The scale for the step from timestep t (0-based, the paper's t + 1).
+# A step goes from sigma to sigma_next < sigma, calling D(x, sigma); z (n, 2) is fresh noise for
+# the stochastic steps. One signature for all: step(D, x, sigma, sigma_next, z) -> x_next.
+def to_d(x, sigma, x_0):
+    """dx/dsigma of the probability-flow ODE, Karras et al. 2022, eq. 4 with s(t) = 1."""
+    return (x - x_0) / sigma
 
-    guidance_scale while (t + 1) / T lies in the guidance interval (lo, hi], else 1, the plain
-    conditional model. Kynkäänniemi et al. 2024 guide only in a limited interval of noise
-    levels; (0, 1] guides every step."""
+
+def ddim_step(D, x, sigma, sigma_next, z, eta=0.0):
+    """Song et al. 2021, eq. 12 divided by sqrt(alpha_bar_prev): x_next = x_0 + sqrt(sigma_next^2
+    - c^2) eps + c z. eta = 1 is DDPM's ancestral step (Ho et al. 2020, eqs. 6-7), eta = 0 the
+    Euler step."""
+    x_0 = D(x, sigma)
+    eps = (x - x_0) / sigma  # the eps consistent with the (clipped) x_0
+    r = (sigma_next / sigma) ** 2
+    c = eta * sigma_next * math.sqrt(1 - r)  # eq. 16's sigma_t, in VE units
+    return x_0 + sigma_next * math.sqrt(1 - eta**2 * (1 - r)) * eps + c * z
+
+
+def euler_step(D, x, sigma, sigma_next, z):
+    """Karras et al. 2022, Alg. 1 without the correction: one Euler step of eq. 4."""
+    return x + (sigma_next - sigma) * to_d(x, sigma, D(x, sigma))
+
+
+def heun_step(D, x, sigma, sigma_next, z):
+    """Karras et al. 2022, Alg. 1 lines 4-8: Heun's 2nd-order method, Euler into sigma = 0."""
+    d = to_d(x, sigma, D(x, sigma))
+    x_next = x + (sigma_next - sigma) * d  # Euler step
+    if sigma_next == 0:
+        return x_next
+    d_next = to_d(x_next, sigma_next, D(x_next, sigma_next))  # 2nd-order correction
+    return x + (sigma_next - sigma) * (d + d_next) / 2
+
+
+def make_step(sampler: str, eta: float):
+    """The step of --sampler: DDPM's is DDIM's with eta = 1."""
+    return {
+        "ddpm": partial(ddim_step, eta=1.0),
+        "ddim": partial(ddim_step, eta=eta),
+        "euler": euler_step,
+        "heun": heun_step,
+    }[sampler]
+
+
+SAMPLERS = ("ddpm", "ddim", "euler", "heun")
+
+
+def nfe(sampler: str, num_steps: int) -> int:
+    """Network evaluations of a chain: Heun's correction adds one on each step but the last."""
+    return 2 * num_steps - 1 if sampler == "heun" else num_steps
+
+
+def churn(x, sigma, gamma, generator):
+    """Karras et al. 2022, Alg. 2 lines 5-6: raise the noise to sigma_hat = (1 + gamma) sigma by
+    adding fresh noise (S_noise = 1)."""
+    sigma_hat = sigma * (1 + gamma)
+    eps = torch.randn(x.shape, generator=generator, device=x.device)
+    return x + math.sqrt(sigma_hat**2 - sigma**2) * eps, sigma_hat
+
+
+def guided_at(i: int, num_steps: int, guidance_scale: float, guidance_interval=(0.0, 1.0)) -> float:
+    """The scale for step i of num_steps: guidance_scale while the step's position in the chain,
+    (N - i) / N, from 1 (pure noise) to 1/N (nearly clean), lies in (lo, hi], else 1.
+
+    Kynkäänniemi et al. 2024 guide only in a limited interval of noise levels; (0, 1] guides
+    every step. For DDPM with all T steps, (N - i) / N is (t + 1) / T."""
     lo, hi = guidance_interval
-    return guidance_scale if lo < (t + 1) / num_timesteps <= hi else 1.0
+    return guidance_scale if lo < (num_steps - i) / num_steps <= hi else 1.0
 
 
 @torch.inference_mode()
 def reverse_process(
     model,
-    schedule,
+    method,
     n,
     generator,
     *,
+    num_inference_steps,
     sampler="ddpm",
-    num_inference_steps=None,
+    grid=None,
     eta=0.0,
+    s_churn=0.0,
+    init_noise="scaled",
     clip_range=None,
     c=None,
     guidance_scale=1.0,
     guidance_interval=(0.0, 1.0),
 ):
-    """Start from x_T ~ N(0, I) and step down to x_0, yielding (t, x_t) after each step.
+    """Start from noise at sigma_max and step down the grid (default: the method's own) to
+    sigma = 0, yielding (sigma, x) after each step; (sigma_max, x_start) comes first.
 
-    (T, x_T) comes first.
-
-    c: (n,) class of each point, for a conditional model (None: unconditional)."""
-    device = schedule.alphas_cumprod.device
-    timesteps = inference_timesteps(schedule.num_timesteps, num_inference_steps)
-    x_t = torch.randn(n, 2, generator=generator, device=device)  # (n, 2)
-    yield schedule.num_timesteps, x_t
-    one = torch.ones((), device=device)
-    for t, t_prev in zip(timesteps, timesteps[1:] + [-1]):
-        s = guided_at(t, schedule.num_timesteps, guidance_scale, guidance_interval)
-        eps = guided_eps(model, x_t, torch.full((n,), t, device=device), c, s)
-        alpha_bar_t = schedule.alphas_cumprod[t]
-        alpha_bar_prev = schedule.alphas_cumprod[t_prev] if t_prev >= 0 else one
-        z = torch.randn(n, 2, generator=generator, device=device)
-        if sampler == "ddpm":
-            x_t = ddpm_step(x_t, eps, alpha_bar_t, alpha_bar_prev, z, clip_range)
-        else:
-            x_t = ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev, z, eta, clip_range)
-        yield t_prev + 1, x_t  # the paper's index of the new x_t: 0 for the sample x_0
+    init_noise "scaled" starts from sigma_max eps, EDM's start (for DDPM and flow the VE view of
+    x_T ~ N(0, I)); "unscaled" from eps, as Diamond's sampler does. c: (n,) class of each point."""
+    sigmas = noise_levels(grid or method.grid, method, num_inference_steps)
+    step, N = make_step(sampler, eta), len(sigmas) - 1
+    x = torch.randn(n, 2, generator=generator, device=generator.device)  # (n, 2)
+    x = sigmas[0] * x if init_noise == "scaled" else x
+    yield sigmas[0], x
+    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        s = guided_at(i, N, guidance_scale, guidance_interval)
+        D = partial(denoise, model, method, c=c, guidance_scale=s, clip_range=clip_range)
+        gamma = min(s_churn / N, math.sqrt(2) - 1)  # Karras et al. 2022, Alg. 2 line 4
+        if gamma > 0:
+            x, sigma = churn(x, sigma, gamma, generator)
+        z = torch.randn(n, 2, generator=generator, device=generator.device)
+        x = step(D, x, sigma, sigma_next, z)
+        yield sigma_next, x
 
 
-def sample(model, schedule, n, generator, **options) -> torch.Tensor:
+def sample(model, method, n, generator, **options) -> torch.Tensor:
     """Draw n points (n, 2): the end of the reverse process (options as for reverse_process)."""
-    for _, x_t in reverse_process(model, schedule, n, generator, **options):
+    for _, x in reverse_process(model, method, n, generator, **options):
         pass
-    return x_t
+    return x
 
 
 # ----------------------------------------------------------------------------- 6. Training loop
 MODEL_FIELDS = (
     "dataset",
+    "method",
+    "sigma_data",
     "num_timesteps",
     "beta_schedule",
     "embedding_size",
@@ -368,6 +567,20 @@ class UsageError(Exception):
 
 class TrainingError(Exception):
     """Training stopped early; what was done so far is saved."""
+
+
+def sampling_options(config: dict) -> dict:
+    """reverse_process's options from a run's config."""
+    return {
+        "sampler": config["sampler"],
+        "grid": config["grid"] or METHODS[config["method"]].grid,
+        "num_inference_steps": config["num_inference_steps"] or config["num_timesteps"],
+        "eta": config["eta"],
+        "s_churn": config["s_churn"],
+        "init_noise": config["init_noise"],
+        "guidance_scale": config["guidance_scale"],
+        "guidance_interval": config["guidance_interval"],
+    }
 
 
 def make_model(config: dict, num_classes: int = 0) -> MLP:
@@ -432,9 +645,12 @@ class Run:
         labels: (m,) classes or None."""
         self.config, self.data, self.labels = config, data, labels
         self.classes, device = list(classes), data.device
-        self.schedule = NoiseSchedule.named(config["beta_schedule"], config["num_timesteps"]).to(
-            device
+        # EDM's sigma_data: --sigma_data, else the std of the training data's coordinates,
+        # measured once and kept in the checkpoint so the model is always preconditioned alike
+        self.sigma_data = (
+            config["sigma_data"] or (checkpoint or {}).get("sigma_data") or data.std().item()
         )
+        self.method = METHODS[config["method"]](config, self.sigma_data).to(device)
         self.model = make_model(config, len(self.classes)).to(device)
         self.ema = AveragedModel(
             self.model, multi_avg_fn=get_ema_multi_avg_fn(config["ema_decay"]), use_buffers=True
@@ -482,16 +698,12 @@ class Run:
         generator = torch.Generator(self.data.device).manual_seed(config["seed"])
         x_0 = sample(
             self.denoiser,
-            self.schedule,
+            self.method,
             config["eval_batch_size"],
             generator,
-            sampler=config["sampler"],
-            num_inference_steps=config["num_inference_steps"],
-            eta=config["eta"],
             clip_range=self.clip_range if config["clip_x0"] else None,
             c=self.frame_classes,
-            guidance_scale=config["guidance_scale"],
-            guidance_interval=config["guidance_interval"],
+            **sampling_options(config),
         )
         self.frames.append(x_0.cpu() * self.scale + self.shift)  # in the data's own units
         self.frame_epochs.append(self.epoch)
@@ -525,7 +737,7 @@ class Run:
         """One optimisation step on a batch (B, 2) of classes c (B,).
 
         Returns the loss without waiting for it."""
-        loss = loss_fn(self.model, self.schedule, x_0, c, self.config["cond_drop_prob"])
+        loss = loss_fn(self.model, self.method, x_0, c, self.config["cond_drop_prob"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -591,6 +803,7 @@ class Run:
             "classes": self.classes,
             "shift": self.shift,
             "scale": self.scale,
+            "sigma_data": self.sigma_data,
         }
 
 
@@ -715,16 +928,17 @@ def run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None)
         mixtures = [
             m.standardised(shift, scale) for m in exact.class_mixtures(dataset, config["data_dir"])
         ]
-        state.denoiser = exact.ExactDenoiser(mixtures, state.schedule.alphas_cumprod).to(device)
+        state.denoiser = exact.ExactDenoiser(mixtures).to(device)
     if dataset.is_file:
         low, high = points.min(0).values, points.max(0).values
         state.plot_limits = (
             torch.stack((low - 0.2 * (high - low), high + 0.2 * (high - low))).T.flatten().tolist()
         )
-    alpha_bar_T = state.schedule.alphas_cumprod[-1].item()
+    options = sampling_options(config)
+    num_evals = nfe(options["sampler"], options["num_inference_steps"])
     tqdm.write(
-        f"{config['beta_schedule']} schedule, T = {config['num_timesteps']}: "
-        f"alpha_bar_T = {alpha_bar_T:.2e}"
+        f"{state.method.summary()}; sampling: {options['sampler']} on the "
+        f"{options['grid']} grid, {options['num_inference_steps']} steps, NFE = {num_evals}"
     )
     out_dir = Path(config["exps_dir"]) / config["experiment_name"]
 
@@ -745,6 +959,7 @@ def run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None)
     try:
         trained = config["denoiser"] == "mlp"  # an exact denoiser has no weights
         save_outputs(out_dir, state, state.losses, with_checkpoint=trained)
+        metrics["nfe"] = num_evals
         metrics["seconds"] = {
             "train": train_seconds,
             "frames": state.frame_seconds,
@@ -866,13 +1081,40 @@ def build_parser() -> ArgumentParser:
         help="learning-rate schedule over the run",
     )
     parser.add_argument(
-        "--num_timesteps", type=positive(int), default=50, help="T, the number of diffusion steps"
+        "--method",
+        default="ddpm",
+        choices=list(METHODS),
+        help="training objective: ddpm (Ho et al. 2020, predicts eps), flow (flow matching, "
+        "predicts eps - x_0) or edm (Karras et al. 2022, preconditioned denoiser)",
+    )
+    parser.add_argument(
+        "--num_timesteps",
+        type=positive(int),
+        default=50,
+        help="T, the number of diffusion steps (ddpm); the default number of sampling steps",
     )
     parser.add_argument(
         "--beta_schedule",
         default="cosine",
         choices=list(BETA_SCHEDULES),
         help="how beta_t grows with t",
+    )
+    parser.add_argument(
+        "--flow_t",
+        default="uniform",
+        choices=list(FLOW_T),
+        help="flow: how training draws t in (0, 1), uniform or logit-normal (Esser et al. 2024)",
+    )
+    parser.add_argument(
+        "--P_mean", type=float, default=-1.2, help="edm: mean of ln sigma in training"
+    )
+    parser.add_argument("--P_std", type=float, default=1.2, help="edm: std of ln sigma in training")
+    parser.add_argument(
+        "--sigma_data",
+        type=float,
+        default=None,
+        help="edm: the data's standard deviation in the preconditioning (default: measured "
+        "from the training data)",
     )
     parser.add_argument(
         "--embedding_size",
@@ -939,14 +1181,49 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--sampler",
         default="ddpm",
-        choices=("ddpm", "ddim"),
-        help="ancestral DDPM steps, or DDIM steps",
+        choices=SAMPLERS,
+        help="ancestral DDPM steps, DDIM steps (--eta), or EDM's Euler or Heun steps of the "
+        "probability-flow ODE (Heun: 2 network evaluations per step but the last)",
+    )
+    parser.add_argument(
+        "--grid",
+        default=None,
+        choices=list(GRIDS),
+        help="the noise levels of the sampling steps: DDPM's trained timesteps (ddpm only), "
+        "the rho = 7 grid between --sigma_max and --sigma_min, or even steps in flow's t "
+        "(default: the method's own: timesteps, uniform_t, karras)",
     )
     parser.add_argument(
         "--num_inference_steps",
         type=positive(int),
         default=None,
-        help="sampling steps, a subset of the T timesteps (default: all T)",
+        help="sampling steps, on the timesteps grid a subset of the T timesteps (default: T)",
+    )
+    parser.add_argument(
+        "--sigma_min",
+        type=float,
+        default=0.002,
+        help="flow and edm: the last noise level > 0 of the karras grid (below the dino's "
+        "jitter, 0.011)",
+    )
+    parser.add_argument(
+        "--sigma_max",
+        type=float,
+        default=10.0,
+        help="flow and edm: the first noise level of a chain (ddpm: its own sigma_T)",
+    )
+    parser.add_argument(
+        "--s_churn",
+        type=float,
+        default=0.0,
+        help="stochastic churn of Karras et al. 2022, Alg. 2: noise added back before each "
+        "step (0: none)",
+    )
+    parser.add_argument(
+        "--init_noise",
+        default="scaled",
+        choices=("scaled", "unscaled"),
+        help="start from sigma_max * eps (scaled) or from eps (unscaled, Diamond's sampler)",
     )
     parser.add_argument(
         "--eta",
@@ -1001,11 +1278,17 @@ def check_config(config: dict) -> None:
             "--embedding_size must be even and at least 4 for sinusoidal embeddings, "
             f"got {config['embedding_size']}"
         )
-    if (config["num_inference_steps"] or 0) > config["num_timesteps"]:
+    if not 0 < config["sigma_min"] < config["sigma_max"] < math.inf:
         raise UsageError(
-            f"--num_inference_steps {config['num_inference_steps']} is more than the "
-            f"{config['num_timesteps']} training timesteps"
+            "--sigma_min and --sigma_max need 0 < sigma_min < sigma_max < inf, got "
+            f"{config['sigma_min']:g} and {config['sigma_max']:g}"
         )
+    if not (config["sigma_data"] is None or 0 < config["sigma_data"] < math.inf):
+        raise UsageError(f"--sigma_data must be positive, got {config['sigma_data']:g}")
+    if not 0 < config["P_std"] < math.inf or not -math.inf < config["P_mean"] < math.inf:
+        raise UsageError("--P_mean must be finite and --P_std positive")
+    if not 0 <= config["s_churn"] < math.inf:
+        raise UsageError(f"--s_churn must be at least 0, got {config['s_churn']:g}")
     if not 0 <= config["ema_decay"] < 1:
         raise UsageError(f"--ema_decay must be in [0, 1), got {config['ema_decay']}")
     if not 0 <= config["eta"] <= 1:
@@ -1027,6 +1310,18 @@ def check_config(config: dict) -> None:
         )
 
 
+def check_grid(config: dict) -> None:
+    """The sampler's grid against the model: run once a checkpoint's config is merged."""
+    grid = config["grid"] or METHODS[config["method"]].grid
+    if grid == "timesteps" and config["method"] != "ddpm":
+        raise UsageError(f"--grid timesteps needs --method ddpm, got --method {config['method']}")
+    if grid == "timesteps" and (config["num_inference_steps"] or 0) > config["num_timesteps"]:
+        raise UsageError(
+            f"--num_inference_steps {config['num_inference_steps']} is more than the "
+            f"{config['num_timesteps']} training timesteps"
+        )
+
+
 def load_checkpoint(path: Path, device: torch.device) -> dict:
     if not path.is_file():
         raise UsageError(f"checkpoint {path} not found")
@@ -1044,6 +1339,8 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
             f"{path} is not a tiny-diffusion checkpoint (it lacks its keys); "
             "give the model.pth of a run"
         )
+    # checkpoints saved before --method existed are DDPM models
+    checkpoint["config"] = {"method": "ddpm", "sigma_data": None} | checkpoint["config"]
     return checkpoint
 
 
@@ -1110,6 +1407,7 @@ def prepare(argv) -> tuple[dict, datasets.Dataset, dict | None]:
         if config["checkpoint"]:
             checkpoint = load_checkpoint(Path(config["checkpoint"]), device)
             config = merge_checkpoint_config(config, explicit, checkpoint["config"], MODEL_FIELDS)
+    check_grid(config)
     # the checkpoint's dataset, when there is one
     dataset = datasets.load(config["dataset"], config["data_dir"])
     if config["class_label"] is not None and config["class_label"] not in dataset.classes:

@@ -127,28 +127,22 @@ def sigma_from_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
 
 
 class ExactDenoiser(nn.Module):
-    """The exact eps(x_t, t, c) of a noise schedule, with the MLP's interface: x_t (B, 2),
-    t (B,), c (B,) or None -> eps (B, 2).
+    """D(x, sigma, c) -> E[x_0 | x] (B, 2) for x (B, 2) = x_0 + sigma eps, sigma (B,), c (B,) or
+    None: what every method's network is trained to give, here exact, so it takes the network's
+    place in any sampler (ddpm.denoise).
 
     mixtures: one per class, then the whole distribution, which is also classifier-free
     guidance's null class (index num_classes)."""
 
-    def __init__(self, mixtures: list, alphas_cumprod: torch.Tensor):
+    def __init__(self, mixtures: list):
         super().__init__()
         self.mixtures = nn.ModuleList(mixtures)
         self.num_classes = len(mixtures) - 1
-        # the same float32 values the sampler uses, in float64
-        self.register_buffer("alphas_cumprod", alphas_cumprod.double())
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None):
-        alpha_bar = self.alphas_cumprod[t][:, None]  # (B, 1)
-        y = x_t.double() / alpha_bar.sqrt()  # (B, 2)
-        sigma = sigma_from_alpha_bar(alpha_bar)[:, 0]  # (B,)
-        c = torch.full_like(t, self.num_classes) if c is None else c
-        x_0 = torch.empty_like(y)
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, c: torch.Tensor | None = None):
+        c = torch.full_like(sigma, self.num_classes, dtype=torch.long) if c is None else c
+        x_0 = torch.empty_like(x, dtype=torch.float64)
         for k in c.unique().tolist():
             rows = c == k
-            x_0[rows] = self.mixtures[k].denoise(y[rows], sigma[rows])
-        # Ho et al. 2020, eq. 4 solved for eps
-        eps = (x_t.double() - alpha_bar.sqrt() * x_0) / (1 - alpha_bar).sqrt()
-        return eps.to(x_t.dtype)
+            x_0[rows] = self.mixtures[k].denoise(x[rows], sigma[rows])
+        return x_0.to(x.dtype)

@@ -8,6 +8,7 @@ loss curve and the ablation grids. The tables go to exps/ablations/.
 
 import argparse
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -41,8 +42,8 @@ def load_sampler(checkpoint_path: Path):
     config = checkpoint["config"]
     ema = AveragedModel(ddpm.make_model(config, len(checkpoint["classes"])))
     ema.load_state_dict(checkpoint["ema"])
-    schedule = ddpm.NoiseSchedule.named(config["beta_schedule"], config["num_timesteps"])
-    return ema.module.eval(), schedule, checkpoint["clip_range"], config
+    method = ddpm.METHODS[config["method"]](config, checkpoint["sigma_data"])
+    return ema.module.eval(), method, checkpoint["clip_range"], config
 
 
 def forward_process(config: dict, n: int = 1000, seed: int = 0) -> list[tuple[int, np.ndarray]]:
@@ -63,13 +64,14 @@ def forward_process(config: dict, n: int = 1000, seed: int = 0) -> list[tuple[in
 def reverse_process(
     checkpoint_path: Path, n: int = 1000, seed: int = 0
 ) -> list[tuple[int, np.ndarray]]:
-    """(t, x_t) for t = T..0 with the run's EMA model and DDPM steps."""
-    model, schedule, clip_range, _ = load_sampler(checkpoint_path)
+    """(sigma, x) from sigma_max down to 0 with the run's EMA model and sampler.
+
+    x is shown as x / sqrt(1 + sigma^2), DDPM's x_t: the noise of every method stays in view."""
+    model, method, clip_range, config = load_sampler(checkpoint_path)
     generator = torch.Generator().manual_seed(seed)
-    return [
-        (t, x_t.numpy())
-        for t, x_t in ddpm.reverse_process(model, schedule, n, generator, clip_range=clip_range)
-    ]
+    options = ddpm.sampling_options(config) | {"guidance_scale": 1.0}
+    steps = ddpm.reverse_process(model, method, n, generator, clip_range=clip_range, **options)
+    return [(sigma, (x / math.sqrt(1 + sigma**2)).numpy()) for sigma, x in steps]
 
 
 def _spaced(steps: list, count: int) -> list:
@@ -83,9 +85,10 @@ def draw_process_figures(run_dir: Path, out_dir: Path) -> list[Path]:
     paths = [out_dir / "forward.png", out_dir / "reverse.png", out_dir / "diffusion.gif"]
     for steps, path in zip((forward, reverse), paths):
         shown = _spaced(steps, SNAPSHOTS)
-        plots.save_grid([[x for _, x in shown]], path, col_labels=[f"t = {t}" for t, _ in shown])
+        labels = [f"t = {t}" if steps is forward else f"sigma = {t:.3g}" for t, _ in shown]
+        plots.save_grid([[x for _, x in shown]], path, col_labels=labels)
     both = [(f"forward: t = {t}", x) for t, x in forward] + [
-        (f"reverse: t = {t}", x) for t, x in reverse
+        (f"reverse: sigma = {sigma:.3g}", x) for sigma, x in reverse
     ]
     plots.save_animation([x for _, x in both], [title for title, _ in both], paths[2])
     return paths

@@ -115,6 +115,10 @@ def test_moons_classes_are_its_two_moons():
     assert dataset.classes == ["upper", "lower"] and upper[:, 1].mean() > lower[:, 1].mean()
 
 
+def cosine_ddpm(T=10):
+    return ddpm.DDPM({"beta_schedule": "cosine", "num_timesteps": T}, sigma_data=1.0)
+
+
 class SpyModel(torch.nn.Module):
     num_classes = 3
 
@@ -125,18 +129,18 @@ class SpyModel(torch.nn.Module):
 
 @pytest.mark.parametrize("p, expected_null", [(0.0, 0), (1.0, 1000)])
 def test_cond_drop_prob_replaces_classes_by_the_null_class(p, expected_null):
-    model, schedule = SpyModel(), ddpm.NoiseSchedule.named("cosine", 10)
+    model, method = SpyModel(), cosine_ddpm()
     ddpm.loss_fn(
-        model, schedule, torch.zeros(1000, 2), torch.zeros(1000, dtype=torch.long), cond_drop_prob=p
+        model, method, torch.zeros(1000, 2), torch.zeros(1000, dtype=torch.long), cond_drop_prob=p
     )
     assert (model.seen == 3).sum().item() == expected_null
 
 
 def test_about_a_tenth_of_the_classes_are_dropped_at_0_1():
-    model, schedule = SpyModel(), ddpm.NoiseSchedule.named("cosine", 10)
+    model, method = SpyModel(), cosine_ddpm()
     ddpm.loss_fn(
         model,
-        schedule,
+        method,
         torch.zeros(20000, 2),
         torch.ones(20000, dtype=torch.long),
         cond_drop_prob=0.1,
@@ -145,24 +149,28 @@ def test_about_a_tenth_of_the_classes_are_dropped_at_0_1():
 
 
 def test_guidance_mixes_conditional_and_unconditional_eps_as_in_ho_and_salimans():
+    # on D = x - sigma eps (ddpm), the mix of the two D is the mix of the two eps
     model = ddpm.MLP(hidden_size=16, hidden_layers=1, embedding_size=8, num_classes=2)
-    x_t, t, c = torch.randn(5, 2), torch.randint(0, 10, (5,)), torch.tensor([0, 1, 0, 1, 1])
+    method, c = cosine_ddpm(), torch.tensor([0, 1, 0, 1, 1])
+    sigma, x = method.sigmas[4].item(), torch.randn(5, 2)
+    x_t, t = x / (1 + sigma**2) ** 0.5, torch.full((5,), 4.0)
     eps_c, eps_null = model(x_t, t, c), model(x_t, t, None)
-    assert torch.allclose(ddpm.guided_eps(model, x_t, t, c, 1.0), eps_c)
-    assert torch.allclose(ddpm.guided_eps(model, x_t, t, c, 0.0), eps_null, atol=1e-6)
-    assert torch.allclose(
-        ddpm.guided_eps(model, x_t, t, c, 3.0), eps_null + 3 * (eps_c - eps_null), atol=1e-5
-    )
+
+    def D(scale):
+        return ddpm.denoise(model, method, x, sigma, c, scale)
+
+    assert torch.allclose(D(1.0), x - sigma * eps_c, atol=1e-5)
+    assert torch.allclose(D(0.0), x - sigma * eps_null, atol=1e-5)
+    assert torch.allclose(D(3.0), x - sigma * (eps_null + 3 * (eps_c - eps_null)), atol=1e-5)
 
 
 def test_the_guidance_interval_picks_which_steps_are_guided():
-    # T = 10: the step from timestep t sits at (t + 1) / T in the chain, 0.1 (nearly clean) to
-    # 1.0 (pure noise).
+    # 10 steps: step i sits at (10 - i) / 10 in the chain, 1.0 (pure noise) to 0.1 (nearly clean).
 
-    scales = [ddpm.guided_at(t, 10, 3.0, (0.0, 0.3)) for t in range(10)]
-    assert scales == [3.0, 3.0, 3.0] + [1.0] * 7  # only the last three steps of sampling
-    assert [ddpm.guided_at(t, 10, 3.0, (0.5, 1.0)) for t in range(10)] == [1.0] * 5 + [3.0] * 5
-    assert all(ddpm.guided_at(t, 10, 3.0) == 3.0 for t in range(10))  # by default every step
+    scales = [ddpm.guided_at(i, 10, 3.0, (0.0, 0.3)) for i in range(10)]
+    assert scales == [1.0] * 7 + [3.0, 3.0, 3.0]  # only the last three steps of sampling
+    assert [ddpm.guided_at(i, 10, 3.0, (0.5, 1.0)) for i in range(10)] == [3.0] * 5 + [1.0] * 5
+    assert all(ddpm.guided_at(i, 10, 3.0) == 3.0 for i in range(10))  # by default every step
 
 
 def test_sampling_guides_only_inside_the_interval():
@@ -171,16 +179,14 @@ def test_sampling_guides_only_inside_the_interval():
             self.batches.append((int(t[0]), len(x_t)))
             return super().forward(x_t, t, c)
 
-    model, schedule = (
-        Spy(hidden_size=8, hidden_layers=1, embedding_size=8, num_classes=2),
-        ddpm.NoiseSchedule.named("cosine", 10),
-    )
+    model = Spy(hidden_size=8, hidden_layers=1, embedding_size=8, num_classes=2)
     model.batches = []
     ddpm.sample(
         model,
-        schedule,
+        cosine_ddpm(),
         4,
         torch.Generator().manual_seed(0),
+        num_inference_steps=10,
         c=torch.zeros(4, dtype=torch.long),
         guidance_scale=2.0,
         guidance_interval=(0.0, 0.2),

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import ddpm
@@ -5,14 +6,6 @@ import ddpm
 
 def schedule():
     return ddpm.NoiseSchedule(ddpm.linear_betas(50))
-
-
-def test_predict_x0_inverts_add_noise():
-    s = schedule()
-    x_0, eps = torch.randn(64, 2), torch.randn(64, 2)
-    t = torch.randint(0, 50, (64,))
-    x_t = s.add_noise(x_0, eps, t)
-    assert torch.allclose(ddpm.predict_x0(x_t, eps, s.alphas_cumprod[t, None]), x_0, atol=1e-3)
 
 
 def test_add_noise_has_the_marginal_variance_of_eq_4():
@@ -24,36 +17,51 @@ def test_add_noise_has_the_marginal_variance_of_eq_4():
     assert abs(x_t.var().item() - (1 - alpha_bar)) < 0.01
 
 
-def test_posterior_is_the_product_of_the_two_gaussians():
+def vp_step(step, x_t, x_0, alpha_bar_t, alpha_bar_prev, z):
+    """One VE step from x_t (Ho et al.'s units) with a denoiser answering x_0, back in x_t units."""
+    sigma, sigma_prev = (((1 - a) / a).sqrt().item() for a in (alpha_bar_t, alpha_bar_prev))
+    x_next = step(lambda x, s: x_0, x_t / alpha_bar_t.sqrt(), sigma, sigma_prev, z)
+    return alpha_bar_prev.sqrt() * x_next
+
+
+def test_the_ddpm_step_is_the_posterior_q_of_eqs_6_7_as_a_product_of_two_gaussians():
     # q(x_{t-1} | x_t, x_0) is proportional to q(x_{t-1} | x_0) q(x_t | x_{t-1}): multiply them.
     s, t = schedule(), 20
-    x_0, x_t = torch.randn(8, 2), torch.randn(8, 2)
+    x_0, x_t, z = torch.randn(8, 2), torch.randn(8, 2), torch.randn(8, 2)
     alpha_bar_prev, alpha_t, beta_t = s.alphas_cumprod[t - 1], s.alphas[t], s.betas[t]
     precision = 1 / (1 - alpha_bar_prev) + alpha_t / beta_t
-    direct_mean = (
+    mean = (
         alpha_bar_prev.sqrt() * x_0 / (1 - alpha_bar_prev) + alpha_t.sqrt() * x_t / beta_t
     ) / precision
-    mean, variance = ddpm.posterior(x_0, x_t, s.alphas_cumprod[t], alpha_bar_prev)
-    assert torch.allclose(mean, direct_mean, atol=1e-5)
-    assert torch.allclose(variance, 1 / precision, rtol=1e-4)
+    step = ddpm.make_step("ddpm", eta=0.0)  # DDPM's step ignores --eta
+    x_prev = vp_step(step, x_t, x_0, s.alphas_cumprod[t], alpha_bar_prev, z)
+    assert torch.allclose(x_prev, mean + precision.rsqrt() * z, atol=1e-4)
 
 
-def test_ddim_with_eta_1_is_the_ddpm_step():
+def test_ddim_with_eta_0_ignores_the_noise_follows_eq_12_and_is_the_euler_step():
     s, t = schedule(), 30
-    x_t, eps, z = torch.randn(16, 2), torch.randn(16, 2), torch.randn(16, 2)
-    args = (x_t, eps, s.alphas_cumprod[t], s.alphas_cumprod[t - 1], z)
-    assert torch.allclose(ddpm.ddim_step(*args, eta=1.0), ddpm.ddpm_step(*args), atol=1e-5)
-
-
-def test_ddim_with_eta_0_ignores_the_noise_and_follows_eq_12():
-    s, t = schedule(), 30
-    x_t, eps = torch.randn(16, 2), torch.randn(16, 2)
+    x_t, x_0 = torch.randn(16, 2), torch.randn(16, 2)
     a, a_prev = s.alphas_cumprod[t], s.alphas_cumprod[t - 5]
-    step = ddpm.ddim_step(x_t, eps, a, a_prev, torch.randn(16, 2), eta=0.0)
-    again = ddpm.ddim_step(x_t, eps, a, a_prev, torch.randn(16, 2), eta=0.0)
-    x_0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
-    assert torch.equal(step, again)
-    assert torch.allclose(step, a_prev.sqrt() * x_0 + (1 - a_prev).sqrt() * eps, atol=1e-5)
+    step = ddpm.make_step("ddim", eta=0.0)
+    x_prev = vp_step(step, x_t, x_0, a, a_prev, torch.randn(16, 2))
+    again = vp_step(step, x_t, x_0, a, a_prev, torch.randn(16, 2))
+    euler = vp_step(ddpm.euler_step, x_t, x_0, a, a_prev, torch.randn(16, 2))
+    eps = (x_t - a.sqrt() * x_0) / (1 - a).sqrt()
+    assert torch.equal(x_prev, again)
+    assert torch.allclose(x_prev, a_prev.sqrt() * x_0 + (1 - a_prev).sqrt() * eps, atol=1e-5)
+    assert torch.allclose(euler, x_prev, atol=1e-5)
+
+
+@pytest.mark.parametrize("eta", [0.3, 1.0])
+def test_ddim_noise_is_eq_16(eta):
+    s, t = schedule(), 30
+    x_t, x_0, z = torch.randn(16, 2), torch.randn(16, 2), torch.randn(16, 2)
+    a, a_prev = s.alphas_cumprod[t], s.alphas_cumprod[t - 5]
+    x_prev = vp_step(ddpm.make_step("ddim", eta), x_t, x_0, a, a_prev, z)
+    sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()  # Song et al. 2021, eq. 16
+    eps = (x_t - a.sqrt() * x_0) / (1 - a).sqrt()
+    expected = a_prev.sqrt() * x_0 + (1 - a_prev - sigma**2).sqrt() * eps + sigma * z
+    assert torch.allclose(x_prev, expected, atol=1e-5)
 
 
 def test_clipping_keeps_the_predicted_x0_inside_the_data_box():
@@ -75,17 +83,21 @@ class OracleEps(torch.nn.Module):
         self.s, self.c = s, c
 
     def forward(self, x_t, t, c=None):
-        a = self.s.alphas_cumprod[t, None]
+        a = self.s.alphas_cumprod[t.round().long(), None]  # the sampler asks at trained levels
         return (x_t - a.sqrt() * self.c) / (1 - a).sqrt()
 
 
+def linear_ddpm(T=50):
+    return ddpm.DDPM({"beta_schedule": "linear", "num_timesteps": T}, sigma_data=1.0)
+
+
 def test_ddim_with_all_steps_and_eta_0_is_deterministic_and_finds_a_point_mass():
-    s, c = schedule(), torch.tensor([1.5, -0.5])
+    method, c = linear_ddpm(), torch.tensor([1.5, -0.5])
 
     def run(seed):
-        return ddpm.sample(
-            OracleEps(s, c), s, 100, torch.Generator().manual_seed(seed), sampler="ddim"
-        )
+        generator = torch.Generator().manual_seed(seed)
+        model = OracleEps(method.schedule, c)
+        return ddpm.sample(model, method, 100, generator, sampler="ddim", num_inference_steps=50)
 
     first = run(0)
     assert torch.allclose(first, c.expand(100, 2), atol=1e-4)
@@ -93,10 +105,10 @@ def test_ddim_with_all_steps_and_eta_0_is_deterministic_and_finds_a_point_mass()
 
 
 def test_ddpm_sampler_with_few_steps_finds_a_point_mass():
-    s, c = schedule(), torch.tensor([-2.0, 3.0])
+    method, c = linear_ddpm(), torch.tensor([-2.0, 3.0])
     x_0 = ddpm.sample(
-        OracleEps(s, c),
-        s,
+        OracleEps(method.schedule, c),
+        method,
         100,
         torch.Generator().manual_seed(0),
         sampler="ddpm",
