@@ -1,9 +1,12 @@
-"""tiny-diffusion: a denoising diffusion probabilistic model (Ho et al. 2020) on 2D points.
+"""tiny-diffusion: diffusion models on 2D points, DDPM first (Ho et al. 2020).
 
 It reads top to bottom like the paper: noise schedule -> forward process q(x_t | x_0)
--> denoiser -> training loss -> reverse steps (DDPM, DDIM) -> training loop -> CLI.
+-> denoiser -> training loss -> reverse steps -> training loop -> CLI. Section 3 then writes
+DDPM, flow matching and EDM as one family, a denoiser D(x; sigma) each (Karras et al. 2022),
+so that every sampler of section 5 (DDPM, DDIM, Euler, Heun) works with every method.
 
 Timesteps are 0-based in code: t = 0..T-1 here is the paper's t = 1..T.
+
 
     python ddpm.py --dataset dino
 """
@@ -141,7 +144,8 @@ class Block(nn.Module):
 
 
 class MLP(nn.Module):
-    """F(x_in, time_in[, c]): x and y each get a sinusoidal embedding (scale 25), then time_in one.
+    """F(x_in, time_in[, c]): x and y each get a sinusoidal embedding (frequencies up to
+    input_scale), then time_in one.
 
     With num_classes > 0 a learned class embedding joins them; class index num_classes is
     the null class, "no class given" (Ho & Salimans 2022, sec. 3.2).
@@ -155,10 +159,11 @@ class MLP(nn.Module):
         time_embedding="sinusoidal",
         input_embedding="sinusoidal",
         num_classes=0,
+        input_scale=25.0,
     ):
         super().__init__()
-        self.embed_x = make_embedding(input_embedding, embedding_size, scale=25.0)
-        self.embed_y = make_embedding(input_embedding, embedding_size, scale=25.0)
+        self.embed_x = make_embedding(input_embedding, embedding_size, scale=input_scale)
+        self.embed_y = make_embedding(input_embedding, embedding_size, scale=input_scale)
         self.embed_t = make_embedding(time_embedding, embedding_size)
         self.num_classes = num_classes
         self.embed_class = nn.Embedding(num_classes + 1, embedding_size) if num_classes else None
@@ -200,7 +205,9 @@ class DDPM:
         self.schedule = NoiseSchedule.named(config["beta_schedule"], config["num_timesteps"])
         alpha_bar = self.schedule.alphas_cumprod
         self.sigmas = ((1 - alpha_bar) / alpha_bar).sqrt()  # (T,) sigma_t, growing with t
-        self.sigma_min, self.sigma_max = self.sigmas[0].item(), self.sigmas[-1].item()
+        # the other grids run between --sigma_min and --sigma_max, within the trained levels
+        self.sigma_min = max(config["sigma_min"], self.sigmas[0].item())
+        self.sigma_max = min(config["sigma_max"], self.sigmas[-1].item())
 
     def to(self, device) -> "DDPM":
         self.schedule, self.sigmas = self.schedule.to(device), self.sigmas.to(device)
@@ -518,6 +525,7 @@ MODEL_FIELDS = (
     "hidden_layers",
     "time_embedding",
     "input_embedding",
+    "input_scale",
 )
 # where and how, not what, is trained
 RUN_FIELDS = (
@@ -591,6 +599,7 @@ def make_model(config: dict, num_classes: int = 0) -> MLP:
         config["time_embedding"],
         config["input_embedding"],
         num_classes,
+        config["input_scale"],
     )
 
 
@@ -1136,6 +1145,14 @@ def build_parser() -> ArgumentParser:
         help="how the MLP sees x and y",
     )
     parser.add_argument(
+        "--input_scale",
+        type=positive(float),
+        default=25.0,
+        help="the highest frequency of the sinusoidal embedding of x and y, in radians per unit "
+        "of the data as trained (Tancik et al. 2020's Fourier-feature scale): higher lets the MLP "
+        "draw finer detail",
+    )
+    parser.add_argument(
         "--cond_drop_prob",
         type=finite(float),
         default=0.1,
@@ -1315,6 +1332,11 @@ def check_grid(config: dict) -> None:
     grid = config["grid"] or METHODS[config["method"]].grid
     if grid == "timesteps" and config["method"] != "ddpm":
         raise UsageError(f"--grid timesteps needs --method ddpm, got --method {config['method']}")
+    if grid == "timesteps" and config["sampler"] == "heun":
+        # Its first step spans sigma ~ 1e3-2e4 down to ~ 15, where Heun's average of the two
+        # slopes overshoots; DDPM's and DDIM's steps are exact there.
+        raise UsageError("--sampler heun needs a grid that starts lower: add --grid karras")
+
     if grid == "timesteps" and (config["num_inference_steps"] or 0) > config["num_timesteps"]:
         raise UsageError(
             f"--num_inference_steps {config['num_inference_steps']} is more than the "
@@ -1340,7 +1362,8 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
             "give the model.pth of a run"
         )
     # checkpoints saved before --method existed are DDPM models
-    checkpoint["config"] = {"method": "ddpm", "sigma_data": None} | checkpoint["config"]
+    legacy = {"method": "ddpm", "sigma_data": None, "input_scale": 25.0}
+    checkpoint["config"] = legacy | checkpoint["config"]
     return checkpoint
 
 
