@@ -57,9 +57,9 @@ def run_once(args: list[str], exps_dir: Path) -> Path:
     )
     if (out / "metrics.json").is_file():
         saved = json.loads((out / "config.json").read_text())
-        if all(
-            saved.get(k, defaults[k]) == v for k, v in wanted.items()
-        ):  # a run from before an option existed had its default
+        # a run from before an option existed had its default then
+        saved = ddpm.LEGACY_CONFIG | saved
+        if all(saved.get(k, defaults[k]) == v for k, v in wanted.items()):
             return out
     if (
         ddpm.main([*args, "--exps_dir", str(exps_dir), "--experiment_name", name, "--overwrite"])

@@ -565,6 +565,9 @@ CHECKPOINT_KEYS = {
 }
 
 
+# What a config saved before these options existed meant, whatever their defaults are now.
+LEGACY_CONFIG = {"method": "ddpm", "sigma_data": None, "input_scale": 25.0}
+
 # Predicting eps = 0 scores 1; a loss this large (or NaN) means the optimisation has blown up.
 DIVERGED_LOSS = 1e3
 
@@ -1361,9 +1364,7 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
             f"{path} is not a tiny-diffusion checkpoint (it lacks its keys); "
             "give the model.pth of a run"
         )
-    # checkpoints saved before --method existed are DDPM models
-    legacy = {"method": "ddpm", "sigma_data": None, "input_scale": 25.0}
-    checkpoint["config"] = legacy | checkpoint["config"]
+    checkpoint["config"] = LEGACY_CONFIG | checkpoint["config"]
     return checkpoint
 
 

@@ -94,6 +94,14 @@ def draw_process_figures(run_dir: Path, out_dir: Path) -> list[Path]:
     return paths
 
 
+def draw_headline(dino: Path) -> None:
+    """The default dino run's pictures in static/: samples, processes, animation, loss."""
+    draw_process_figures(dino, STATIC_DIR)
+    samples = np.load(dino / "frames.npy")[-1]
+    plots.save_samples(samples, STATIC_DIR / "dino_samples.png", "dino: 1000 samples")
+    shutil.copy(dino / "loss.png", STATIC_DIR / "loss.png")
+
+
 # The conditional model: three Datasaurus shapes, trained long with a decaying learning rate.
 GUIDED = [
     "--dataset",
@@ -192,7 +200,15 @@ def main(argv=None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--exps_dir", type=Path, default=ddpm.PROJECT_DIR / "exps")
+    parser.add_argument(
+        "--headline",
+        action="store_true",
+        help="only the default dino run's pictures (samples, processes, animation, loss)",
+    )
     args = parser.parse_args(argv)
+    if args.headline:
+        draw_headline(ablate.run_once([], args.exps_dir))
+        return
     tables = []
     for param, values in SWEEPS:
         rows = ablate.sweep(param, values, [], args.exps_dir, STATIC_DIR / f"ablation_{param}.png")
@@ -200,14 +216,7 @@ def main(argv=None) -> None:
             f"### {param}\n\n" + ablate.write_table(rows, args.exps_dir / "ablations" / param)
         )
 
-    dino = args.exps_dir / ablate.run_name([])
-    draw_process_figures(dino, STATIC_DIR)
-    plots.save_grid(
-        [[np.load(dino / "frames.npy")[-1]]],
-        STATIC_DIR / "dino_samples.png",
-        col_labels=["dino: 1000 samples"],
-    )
-    shutil.copy(dino / "loss.png", STATIC_DIR / "loss.png")
+    draw_headline(args.exps_dir / ablate.run_name([]))
 
     # DDIM from each default checkpoint: fewer steps, same model.
     for dataset in ["dino", "moons", "line", "circle"]:

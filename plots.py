@@ -12,6 +12,9 @@ from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
 LIMIT = 6.0  # all datasets fit in [-6, 6]^2, as in the original's plots
 POINT = dict(s=3, alpha=0.5, linewidths=0)
 CELL_INCHES, DPI = 1.8, 80
+# The headline pictures, big enough to see sharpness: 480 px, points small enough that the
+# dino's dotted strokes (clusters 0.011 wide) stay apart.
+LARGE_INCHES, SMALL_POINT = 6.0, dict(s=1, alpha=0.6, linewidths=0)
 
 
 def _square_axes(ax, limits=None) -> None:
@@ -24,11 +27,22 @@ def _square_axes(ax, limits=None) -> None:
     ax.set_yticks([])
 
 
-def _style(labels=None) -> dict:
+def _style(labels=None, point=POINT) -> dict:
     """Scatter style; one colour per class when there are labels."""
     if labels is None:
-        return POINT | {"color": "tab:blue"}
-    return POINT | {"c": labels, "cmap": "tab10", "vmin": 0, "vmax": 9}
+        return point | {"color": "tab:blue"}
+    return point | {"c": labels, "cmap": "tab10", "vmin": 0, "vmax": 9}
+
+
+def save_samples(points: np.ndarray, path: Path, title: str) -> None:
+    """One large scatter plot of (N, 2) samples: the README's headline picture."""
+    fig, ax = plt.subplots(figsize=(LARGE_INCHES, LARGE_INCHES))
+    _square_axes(ax)
+    ax.scatter(points[:, 0], points[:, 1], **_style(point=SMALL_POINT))
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
 
 
 def save_frames(
@@ -84,9 +98,9 @@ def save_animation(
     point_sets: list[np.ndarray], titles: list[str], path: Path, fps: int = 10
 ) -> None:
     """A GIF showing one point set per frame (matplotlib's Pillow writer)."""
-    fig, ax = plt.subplots(figsize=(3, 3))
+    fig, ax = plt.subplots(figsize=(LARGE_INCHES, LARGE_INCHES))
     _square_axes(ax)
-    scatter = ax.scatter(point_sets[0][:, 0], point_sets[0][:, 1], **_style())
+    scatter = ax.scatter(point_sets[0][:, 0], point_sets[0][:, 1], **_style(point=SMALL_POINT))
 
     def draw(i):
         scatter.set_offsets(point_sets[i])

@@ -52,10 +52,14 @@ def test_forward_reverse_figures_and_the_animation(tiny_run, tmp_path):
     )
     assert image_size(forward) == (one_row, 1)
     assert image_size(reverse) == (one_row, 1)
-    assert image_size(gif) == (
-        (3 * plots.DPI, 3 * plots.DPI),
-        2 * (10 + 1),
-    )  # T + 1 states each way
+    side = round(plots.LARGE_INCHES * plots.DPI)  # 480 px: big enough to see sharpness
+    assert image_size(gif) == ((side, side), 2 * (10 + 1))  # T + 1 states each way
+
+
+def test_the_headline_samples_picture_is_480_px_wide(tiny_run, tmp_path):
+    points = ddpm.np.load(tiny_run / "frames.npy")[-1]
+    plots.save_samples(points, tmp_path / "samples.png", "moons")
+    assert image_size(tmp_path / "samples.png") == ((480, 480), 1)
 
 
 def test_forward_process_ends_in_noise_and_reverse_process_ends_near_the_data(tiny_run):
