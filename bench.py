@@ -1,19 +1,26 @@
-"""How fast is tiny-diffusion here? Training and sampling throughput, and the default run's
-wall time.
+"""How fast is tiny-diffusion here? Training and sampling throughput, the training step's
+share of this machine's matmul throughput, and the default run's wall time.
 
 python bench.py                          # the defaults
 python bench.py --train_batch_size 32    # throughput at the original's batch size
+
+The step's FLOPs are those of its matmuls, counted from the Linear layers' shapes; the same
+matmuls timed alone give the machine's throughput on the model's own shapes. Their ratio, the
+share, says how close a step comes to pure arithmetic on any machine.
 """
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
+from torch import nn
 
 import datasets
 import ddpm
@@ -26,6 +33,33 @@ def time_it(fn, repeats: int) -> float:
     for _ in range(repeats):
         fn()
     return (time.perf_counter() - tic) / repeats
+
+
+def step_matmuls(run: ddpm.Run, x_0: torch.Tensor) -> list[tuple[int, partial]]:
+    """The matmuls of a training step on x_0 (B, 2), as (FLOPs, call) on the same shapes.
+
+    Each nn.Linear does x W^T + b forward, g^T x for its weight gradient and, when its input
+    needs one, g W for the input gradient (not the first layer's: the sinusoidal embeddings
+    have no parameters); each is 2 B in out FLOPs."""
+    seen = []
+    layers = [layer for layer in run.model.modules() if isinstance(layer, nn.Linear)]
+    hooks = [
+        layer.register_forward_hook(lambda layer, args, _: seen.append((layer, args[0])))
+        for layer in layers
+    ]
+    ddpm.loss_fn(run.model, run.schedule, x_0)
+    for hook in hooks:
+        hook.remove()
+    matmuls = []
+    for layer, x in seen:
+        W, b = layer.weight.detach(), layer.bias.detach()  # (out, in), (out,)
+        g = torch.randn(len(x), len(W))  # (B, out): a gradient of the layer's output
+        flops = 2 * W.numel() * len(x)
+        matmuls += [(flops, partial(torch.addmm, b, x.detach(), W.t()))]
+        matmuls += [(flops, partial(torch.mm, g.t(), x.detach()))]
+        if x.requires_grad:
+            matmuls += [(flops, partial(torch.mm, g, W))]
+    return matmuls
 
 
 def main(argv=None) -> None:
@@ -51,12 +85,25 @@ def main(argv=None) -> None:
     )
     data = torch.from_numpy(datasets.get_dataset("line"))
     run = ddpm.Run(config, data)
-    batches = [torch.randint(0, len(data), (args.train_batch_size,)) for _ in range(args.steps)]
-    batch_iter = iter(batches * 2)
-    seconds = time_it(lambda: run.step(data[next(batch_iter)]), args.steps)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     B = args.train_batch_size
+    batches = [torch.randint(0, len(data), (B,)) for _ in range(args.steps + 1)]
+    matmuls = step_matmuls(run, data[batches[0]])
+    flops = sum(flops for flops, _ in matmuls)
+    # Alternate the two timings, best of 3: the machine's speed may drift between them.
+    seconds, matmul_seconds = math.inf, math.inf
+    for _ in range(3):
+        batch_iter = iter(batches)
+        seconds = min(seconds, time_it(lambda: run.step(data[next(batch_iter)]), args.steps))
+        matmul_seconds = min(
+            matmul_seconds, sum(time_it(call, args.steps // 10) for _, call in matmuls)
+        )
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"training:  {B / seconds:10,.0f} samples/s  (batch {B}, {seconds * 1e3:.2f} ms/step)")
+    print(
+        f"matmuls:   {flops / matmul_seconds / 1e9:10.1f} GFLOP/s alone, "
+        f"{flops / seconds / 1e9:.1f} GFLOP/s in a step ({flops / 1e6:.0f} MFLOP/step): "
+        f"{matmul_seconds / seconds:.0%} of the step is arithmetic"
+    )
 
     n, T = config["eval_batch_size"], config["num_timesteps"]
 

@@ -1,0 +1,64 @@
+"""The fast paths of a training step compute what the plain ones do."""
+
+import copy
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.flop_counter import FlopCounterMode
+
+import bench
+import ddpm
+
+CONFIG = vars(ddpm.build_parser().parse_args(["--hidden_size", "32", "--embedding_size", "16"]))
+
+
+def train_steps(model, optimizer, steps=20):
+    """Plain AdamW steps on L_simple; yields after each one."""
+    schedule = ddpm.NoiseSchedule.named("cosine", 50)
+    torch.manual_seed(1)
+    for _ in range(steps):
+        loss = ddpm.loss_fn(model, schedule, torch.randn(64, 2))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        yield
+
+
+def test_ema_equals_torchs_averaged_model_and_shares_its_state_dict():
+    torch.manual_seed(0)
+    model = ddpm.make_model(CONFIG)
+    ema = ddpm.EMA(model, decay=0.9)
+    reference = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    for _ in train_steps(model, torch.optim.AdamW(model.parameters(), lr=1e-2)):
+        ema.update()
+        reference.update_parameters(model)
+    assert ema.state_dict().keys() == reference.state_dict().keys()
+    for name, value in reference.state_dict().items():
+        assert torch.equal(ema.state_dict()[name], value), name
+    assert not torch.equal(ema.module.net[0].weight, model.net[0].weight)  # an average, not a copy
+    plain = AveragedModel(ddpm.make_model(CONFIG))  # as figures.py loads a checkpoint's EMA
+    plain.load_state_dict(ema.state_dict())
+
+
+def test_fused_adamw_matches_the_per_tensor_loop_to_float_tolerance():
+    torch.manual_seed(0)
+    fused_model = ddpm.make_model(CONFIG)
+    plain_model = copy.deepcopy(fused_model)
+    fused = torch.optim.AdamW(fused_model.parameters(), lr=1e-2, fused=True)
+    plain = torch.optim.AdamW(plain_model.parameters(), lr=1e-2, foreach=False)
+    list(train_steps(fused_model, fused))
+    list(train_steps(plain_model, plain))  # the same batches: train_steps seeds torch
+    for a, b in zip(fused_model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(fused_model.net[0].weight, ddpm.make_model(CONFIG).net[0].weight)
+
+
+def test_bench_counts_the_flops_torch_counts_in_a_training_step():
+    torch.manual_seed(0)
+    run = ddpm.Run(CONFIG | {"num_epochs": 1}, torch.randn(100, 2))
+    x_0 = torch.randn(64, 2)
+    with FlopCounterMode(display=False) as counter:
+        ddpm.loss_fn(run.model, run.schedule, x_0).backward()
+    # 5 Linear layers forward and for the weight gradient, 4 for the input gradient
+    assert len(bench.step_matmuls(run, x_0)) == 14
+    assert sum(flops for flops, _ in bench.step_matmuls(run, x_0)) == counter.get_total_flops()
