@@ -47,7 +47,7 @@ def step_matmuls(run: ddpm.Run, x_0: torch.Tensor) -> list[tuple[int, partial]]:
         layer.register_forward_hook(lambda layer, args, _: seen.append((layer, args[0])))
         for layer in layers
     ]
-    ddpm.loss_fn(run.model, run.schedule, x_0)
+    ddpm.loss_fn(run.model, run.method, x_0)
     for hook in hooks:
         hook.remove()
     matmuls = []
@@ -105,22 +105,16 @@ def main(argv=None) -> None:
         f"{matmul_seconds / seconds:.0%} of the step is arithmetic"
     )
 
-    n, T = config["eval_batch_size"], config["num_timesteps"]
+    n, options = config["eval_batch_size"], ddpm.sampling_options(config)
+    nfe = ddpm.nfe(options["sampler"], options["num_inference_steps"])
 
     def sample():
         generator = torch.Generator().manual_seed(0)
-        return ddpm.sample(
-            run.ema.module,
-            run.method,
-            n,
-            generator,
-            num_inference_steps=T,
-            clip_range=run.clip_range,
-        )
+        return ddpm.sample(run.ema.module, run.method, n, generator, **options)
 
     seconds = time_it(sample, 3)
-    rate = n * T / seconds
-    print(f"sampling:  {rate:10,.0f} points x steps/s  ({n} points x {T} steps in {seconds:.3f} s)")
+    rate = n * nfe / seconds
+    print(f"sampling:  {rate:10,.0f} points x NFE/s  ({n} points x {nfe} NFE in {seconds:.3f} s)")
 
     if args.no_run:
         return
