@@ -14,10 +14,10 @@ CONFIG = vars(ddpm.build_parser().parse_args(["--hidden_size", "32", "--embeddin
 
 def train_steps(model, optimizer, steps=20):
     """Plain AdamW steps on L_simple; yields after each one."""
-    schedule = ddpm.NoiseSchedule.named("cosine", 50)
+    method = ddpm.DDPM(CONFIG, sigma_data=1.0)
     torch.manual_seed(1)
     for _ in range(steps):
-        loss = ddpm.loss_fn(model, schedule, torch.randn(64, 2))
+        loss = ddpm.loss_fn(model, method, torch.randn(64, 2))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -58,7 +58,7 @@ def test_bench_counts_the_flops_torch_counts_in_a_training_step():
     run = ddpm.Run(CONFIG | {"num_epochs": 1}, torch.randn(100, 2))
     x_0 = torch.randn(64, 2)
     with FlopCounterMode(display=False) as counter:
-        ddpm.loss_fn(run.model, run.schedule, x_0).backward()
+        ddpm.loss_fn(run.model, run.method, x_0).backward()
     # 5 Linear layers forward and for the weight gradient, 4 for the input gradient
     assert len(bench.step_matmuls(run, x_0)) == 14
     assert sum(flops for flops, _ in bench.step_matmuls(run, x_0)) == counter.get_total_flops()
