@@ -121,7 +121,7 @@ def method_table(exps_dir: Path) -> str:
             limit = ["--dataset", dataset, "--method", method, "--denoiser", "exact"]
             settings = [(s, n) for s, steps in SAMPLER_STEPS.items() for n in steps]
             if dataset != "dino":  # the default sampler only
-                config = vars(ddpm.build_parser().parse_args([]))
+                config = ddpm.parse_config([])
                 steps = config["num_inference_steps"] or config["num_timesteps"]
                 settings = [(config["sampler"], steps)]
             for sampler, steps in settings:

@@ -95,7 +95,7 @@ def test_the_exact_denoiser_picks_each_points_class_and_the_whole_for_none():
 
 def method_of(*options):
     """A method built from the command line's defaults and `options`."""
-    config = vars(ddpm.build_parser().parse_args(list(options)))
+    config = ddpm.parse_config(list(options))
     return ddpm.METHODS[config["method"]](config, sigma_data=2.0)
 
 

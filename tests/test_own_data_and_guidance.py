@@ -116,7 +116,9 @@ def test_moons_classes_are_its_two_moons():
 
 
 def cosine_ddpm(T=10):
-    return ddpm.DDPM({"beta_schedule": "cosine", "num_timesteps": T}, sigma_data=1.0)
+    return ddpm.DDPM(
+        ddpm.parse_config(["--beta_schedule", "cosine", "--num_timesteps", str(T)]), 1.0
+    )
 
 
 class SpyModel(torch.nn.Module):

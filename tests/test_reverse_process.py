@@ -88,7 +88,9 @@ class OracleEps(torch.nn.Module):
 
 
 def linear_ddpm(T=50):
-    return ddpm.DDPM({"beta_schedule": "linear", "num_timesteps": T}, sigma_data=1.0)
+    return ddpm.DDPM(
+        ddpm.parse_config(["--beta_schedule", "linear", "--num_timesteps", str(T)]), 1.0
+    )
 
 
 def test_ddim_with_all_steps_and_eta_0_is_deterministic_and_finds_a_point_mass():

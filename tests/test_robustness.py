@@ -78,7 +78,7 @@ def assert_one_line_error(code, err, *phrases, exit_code=2):
             "more than the 50 training timesteps",
         ),
         (["--beta_schedule", "exponential"], "invalid choice: 'exponential'"),
-        (["--sampler", "euler"], "invalid choice: 'euler'"),
+        (["--sampler", "rk45"], "invalid choice: 'rk45'"),
         (["--time_embedding", "fourier"], "invalid choice: 'fourier'"),
         (["--input_embedding", "zero"], "invalid choice: 'zero'"),
         (["--experiment_name", "runs/a"], "plain folder name"),

@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import bench
 import ddpm
 
-CONFIG = vars(ddpm.build_parser().parse_args(["--hidden_size", "32", "--embedding_size", "16"]))
+CONFIG = ddpm.parse_config(["--hidden_size", "32", "--embedding_size", "16"])
 
 
 def train_steps(model, optimizer, steps=20):
