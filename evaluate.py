@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -215,20 +216,20 @@ def closed_form(dataset) -> exact.GaussianMixture | None:
     return mixture if (mixture.var > 0).all() else None
 
 
-def nll_lines(model, method, dataset, prior, shift, scale, sigma_max, steps, seed) -> list[str]:
-    """The NLL of held-out true points and, with a closed-form density, H and KL, as text."""
-    x = torch.from_numpy(draw_like(dataset, None, NLL_POINTS, NLL_SEED + seed))  # (n, 2)
+def nll_lines(model_nll, dataset, seed: int, solver: str) -> list[str]:
+    """The NLL of held-out true points (model_nll: points (n, 2) -> (n,) -log p) and, where the
+    dataset's density is known, its entropy H and KL(data || model), as lines of text."""
+    x = torch.from_numpy(dataset.draw(NLL_POINTS, NLL_SEED + seed)[0])  # (n, 2)
     tic = time.perf_counter()
-    nll = likelihood.nll(model, method, x, prior, shift, scale, sigma_max, steps).double()  # (n,)
+    nll = model_nll(x).double()  # (n,)
     seconds = time.perf_counter() - tic
     lines = [
         f"NLL {nll.mean():.3f} nats per point (held-out, n = {len(x)})",
-        f"  +- {nll.std() / len(x) ** 0.5:.3f} (standard error); RK4, {steps} steps in log sigma "
-        f"from {likelihood.SIGMA_MIN:g} to {sigma_max:g}; {seconds:.1f} s",
+        f"  +- {nll.std() / len(x) ** 0.5:.3f} (standard error); {solver}; {seconds:.1f} s",
     ]
     density = closed_form(dataset)
     if density is not None:
-        fresh = torch.from_numpy(draw_like(dataset, None, ENTROPY_POINTS, ENTROPY_SEED + seed))
+        fresh = torch.from_numpy(dataset.draw(ENTROPY_POINTS, ENTROPY_SEED + seed)[0])
         log_p = density.log_prob(fresh)  # (m,)
         H, H_error = -log_p.mean(), log_p.std() / len(fresh) ** 0.5
         # KL = E[log p - log q] on the held-out points: pairing cancels most of the noise
@@ -247,35 +248,30 @@ def likelihood_report(args) -> list[str]:
         dataset = datasets.load(args.dataset, args.data_dir)
         if closed_form(dataset) is None:
             raise ddpm.UsageError("--exact needs a dataset with a closed-form density: a shape")
-        model = exact.ExactDenoiser(exact.class_mixtures(dataset))
+        model, method = exact.ExactDenoiser(exact.class_mixtures(dataset)), None
         prior = likelihood.moment_gaussian(torch.from_numpy(dataset.train_set()[0]))
-        sigma_max = ddpm.build_parser().get_default("sigma_max")
-        return nll_lines(
-            model,
-            None,
-            dataset,
-            prior,
-            torch.zeros(2),
-            torch.ones(2),
-            sigma_max,
-            args.nll_steps,
-            args.seed,
-        )
-    path = args.path / "model.pth" if args.path.is_dir() else args.path
-    run, dataset = likelihood.load_run(path, args.data_dir)
-    model = run.ema.module.eval()
-    prior = likelihood.moment_gaussian(run.data)
-    return nll_lines(
+        shift, scale = torch.zeros(2), torch.ones(2)
+        sigma_max = ddpm.build_parser().get_default("sigma_max")  # as a run's default
+    else:
+        path = args.path / "model.pth" if args.path.is_dir() else args.path
+        run, dataset = likelihood.load_run(path, args.data_dir)
+        model, method = run.ema.module.eval(), run.method
+        prior, shift, scale = likelihood.moment_gaussian(run.data), run.shift, run.scale
+        sigma_max = run.method.sigma_max
+    model_nll = partial(
+        likelihood.nll,
         model,
-        run.method,
-        dataset,
-        prior,
-        run.shift,
-        run.scale,
-        run.method.sigma_max,
-        args.nll_steps,
-        args.seed,
+        method,
+        prior=prior,
+        shift=shift,
+        scale=scale,
+        sigma_max=sigma_max,
+        steps=args.nll_steps,
     )
+    solver = (
+        f"RK4, {args.nll_steps} steps in log sigma from {likelihood.SIGMA_MIN:g} to {sigma_max:g}"
+    )
+    return nll_lines(model_nll, dataset, args.seed, solver)
 
 
 def main(argv=None):
