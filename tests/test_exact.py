@@ -117,6 +117,7 @@ LANDS_ON_THE_DINO = [
     ("--method edm", "euler 50 0", 1.4, 0.88, 0.9),  # 1.29 / 0.92 / 0.95
     ("--method edm", "ddpm 50 0", 1.2, 0.9, 0.85),  # 1.10 / 0.96 / 0.91
     ("--method flow", "heun 12 0", 1.45, 0.7, 0.7),  # 1.33 / 0.76 / 0.75: coarse at low t
+
 ]
 
 
