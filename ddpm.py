@@ -431,6 +431,27 @@ def heun_step(D, x, sigma, sigma_next, z):
     return x + (sigma_next - sigma) * (d + d_next) / 2
 
 
+def sde_step(D, x, sigma, sigma_next, z):
+    """Euler-Maruyama on the reverse-time SDE: Karras et al. 2022, eq. 6 with sigma(t) = t and
+    beta(t) = sigma'(t) / sigma(t) = 1 / sigma, which is Song et al. 2021's VE SDE run backwards
+    (their eq. 6), with score = (D(x; sigma) - x) / sigma^2 (Karras et al. 2022, eq. 3):
+
+        dx = -2 sigma score dsigma + sqrt(2 sigma) dW
+        x_next = x + 2 (sigma_next - sigma) (x - D) / sigma + sqrt(2 sigma (sigma - sigma_next)) z
+
+    Into sigma = 0 it takes the Euler step of eq. 4 instead, which lands on D: there the SDE's
+    step would double back past D."""
+    x_0 = D(x, sigma)
+    if sigma_next == 0:
+        return x_0
+    # DDPM's ancestral step (ddim_step with eta = 1) discretises the same SDE: expanded to first
+    # order in sigma - sigma_next it is this step; it differs on large steps, where it stays sane.
+    # EDM's churn (Alg. 2) splits the SDE instead: it adds noise up to sigma_hat (the forward
+    # process), then takes an ODE step down, where this step mixes both in one update.
+    drift = 2 * (sigma_next - sigma) * to_d(x, sigma, x_0)
+    return x + drift + math.sqrt(2 * sigma * (sigma - sigma_next)) * z
+
+
 def make_step(sampler: str, eta: float):
     """The step of --sampler: DDPM's is DDIM's with eta = 1."""
     return {
@@ -438,10 +459,11 @@ def make_step(sampler: str, eta: float):
         "ddim": partial(ddim_step, eta=eta),
         "euler": euler_step,
         "heun": heun_step,
+        "sde": sde_step,
     }[sampler]
 
 
-SAMPLERS = ("ddpm", "ddim", "euler", "heun")
+SAMPLERS = ("ddpm", "ddim", "euler", "heun", "sde")
 
 
 def nfe(sampler: str, num_steps: int) -> int:
@@ -1227,7 +1249,8 @@ def build_parser() -> ArgumentParser:
         default="ddpm",
         choices=SAMPLERS,
         help="ancestral DDPM steps, DDIM steps (--eta), or EDM's Euler or Heun steps of the "
-        "probability-flow ODE (Heun: 2 network evaluations per step but the last)",
+        "probability-flow ODE (Heun: 2 network evaluations per step but the last), or "
+        "Euler-Maruyama steps of the reverse-time SDE (sde)",
     )
     parser.add_argument(
         "--grid",

@@ -1,0 +1,104 @@
+"""The log-likelihood through the probability-flow ODE, and the reverse-SDE sampler, against
+closed forms: exact denoisers of Gaussian mixtures, whose densities are known."""
+
+import math
+import re
+from functools import partial
+
+import pytest
+import torch
+from conftest import needs_datasaurus
+from test_methods import CONFIG, TINY
+
+import datasets
+import ddpm
+import evaluate
+import exact
+import likelihood
+
+MIXTURE = exact.GaussianMixture([0.2, 0.5, 0.3], [[-1.0, 0.5], [1.0, 1.0], [0.0, -1.0]], [0.3, 0.4])
+
+
+def exact_D(mixture):
+    """D(x, sigma: float) of a mixture, as likelihood.log_likelihood takes it."""
+    return partial(ddpm.denoise, exact.ExactDenoiser([mixture]), None)
+
+
+def test_nll_of_a_gaussian_in_the_datas_units_is_its_closed_form():
+    # The model trains on (x - shift) / scale; its NLL in the data's units adds sum(log scale).
+    gaussian = exact.GaussianMixture([1.0], [[3.0, -20.0]], [0.8, 5.0])
+    shift, scale = torch.tensor([3.0, -20.0]), torch.tensor([0.8, 5.0])
+    trained_on = gaussian.standardised(shift, scale)
+    x = torch.randn(200, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = shift + scale * x  # (200, 2) true points
+    model = exact.ExactDenoiser([trained_on])
+    nll = likelihood.nll(model, None, x, trained_on, shift, scale, sigma_max=10.0)
+    assert torch.allclose(nll, -gaussian.log_prob(x), atol=0.01)
+
+
+def test_an_affine_map_of_the_data_shifts_the_log_likelihood_by_its_log_det():
+    # The ODE of a * x + b under the mapped mixture, with the noise levels scaled by a, is the
+    # ODE of x mapped point by point: log p moves by log |det| = 2 log a, to rounding error.
+    a, b = 3.0, torch.tensor([2.0, -1.0], dtype=torch.float64)
+    mapped = exact.GaussianMixture(
+        MIXTURE.log_weights.exp(), a * MIXTURE.means + b, a * MIXTURE.var.sqrt()
+    )
+    x = torch.randn(50, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    prior = likelihood.moment_gaussian(x)
+    log_p = likelihood.log_likelihood(exact_D(MIXTURE), x, prior, 10.0, steps=8, sigma_min=0.01)
+    mapped_prior = exact.GaussianMixture([1.0], a * prior.means + b, a * prior.var.sqrt())
+    log_p_mapped = likelihood.log_likelihood(
+        exact_D(mapped), a * x + b, mapped_prior, 10.0 * a, steps=8, sigma_min=0.01 * a
+    )
+    assert torch.allclose(log_p_mapped, log_p - 2 * math.log(a), atol=1e-9)
+
+
+def test_the_divergence_is_the_trace_of_a_finite_difference_jacobian():
+    x = torch.randn(20, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    sigma, h, D = 0.5, 1e-5, exact_D(MIXTURE)
+
+    def velocity(x):  # dx/dsigma of the probability-flow ODE, (20, 2)
+        return (x - D(x, sigma)) / sigma
+
+    state = torch.cat((x, torch.zeros(20, 1, dtype=torch.float64)), dim=1)
+    divergence = likelihood.rates(D, state, math.log(sigma))[:, 2] / sigma  # d/ds = sigma d/dsigma
+    e = torch.eye(2, dtype=torch.float64)
+    finite = sum((velocity(x + h * e[i]) - velocity(x - h * e[i]))[:, i] / (2 * h) for i in (0, 1))
+    assert torch.allclose(divergence, finite, atol=1e-6)
+
+
+@needs_datasaurus
+def test_the_exact_dino_denoiser_has_a_kl_near_0():
+    # the solver's own floor: the ODE of the true denoiser, from a moment-matched prior
+    dataset = datasets.load("dino")
+    density = evaluate.closed_form(dataset)
+    x = torch.from_numpy(dataset.draw(100, 7)[0]).double()
+    prior = likelihood.moment_gaussian(torch.from_numpy(dataset.train_set()[0]))
+    model, one = exact.ExactDenoiser([density]), torch.ones(2)
+    nll = likelihood.nll(model, None, x, prior, 0 * one, one, sigma_max=10.0)
+    assert abs((nll + density.log_prob(x)).mean()) < 0.01
+
+
+def test_the_sde_sampler_with_an_exact_denoiser_reproduces_a_gaussian():
+    mean, std = torch.tensor([1.0, -0.5]), torch.tensor([0.5, 1.5])
+    denoiser = exact.ExactDenoiser([exact.GaussianMixture([1.0], mean[None], std)])
+    method = ddpm.EDM(CONFIG, sigma_data=1.0)
+    generator = torch.Generator().manual_seed(0)
+    x = ddpm.sample(denoiser, method, 20000, generator, sampler="sde", num_inference_steps=300)
+    assert torch.allclose(x.mean(0), mean, atol=0.03)
+    assert torch.allclose(x.std(0), std, rtol=0.03)
+
+
+def test_evaluate_nll_of_a_trained_run_prints_the_line(tmp_path, capsys):
+    assert ddpm.main([*TINY, "--exps_dir", str(tmp_path), "--experiment_name", "tiny"]) == 0
+    capsys.readouterr()
+    assert evaluate.main([str(tmp_path / "tiny"), "--nll", "--nll_steps", "4"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert re.fullmatch(r"NLL -?\d+\.\d{3} nats per point \(held-out, n = 1000\)", first), first
+
+
+def test_evaluate_nll_exact_refuses_a_dataset_without_a_closed_form_density(capsys):
+    with pytest.raises(SystemExit) as refused:
+        evaluate.main(["--nll", "--exact", "--dataset", "moons"])
+    assert refused.value.code == 2
+    assert "closed-form density" in capsys.readouterr().err
