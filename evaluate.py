@@ -20,20 +20,14 @@ samples cover (missing parts lower it).
 import argparse
 import json
 import sys
-import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
 import datasets
-import ddpm
-import exact
-import likelihood
 
 
 def wasserstein2(a: np.ndarray, b: np.ndarray) -> float:
@@ -205,75 +199,6 @@ def format_metrics(metrics: dict) -> str:
     return text
 
 
-# held-out points for the likelihood, and fresh draws for the entropy: seeds no other draw uses
-NLL_POINTS, NLL_SEED = 1000, 5000
-ENTROPY_POINTS, ENTROPY_SEED = 100_000, 6000
-
-
-def closed_form(dataset) -> exact.GaussianMixture | None:
-    """The dataset's density when it is known in closed form (Datasaurus shapes), else None."""
-    mixture = exact.class_mixtures(dataset)[-1]  # the whole dataset, all classes
-    return mixture if (mixture.var > 0).all() else None
-
-
-def nll_lines(model_nll, dataset, seed: int, solver: str) -> list[str]:
-    """The NLL of held-out true points (model_nll: points (n, 2) -> (n,) -log p) and, where the
-    dataset's density is known, its entropy H and KL(data || model), as lines of text."""
-    x = torch.from_numpy(dataset.draw(NLL_POINTS, NLL_SEED + seed)[0])  # (n, 2)
-    tic = time.perf_counter()
-    nll = model_nll(x).double()  # (n,)
-    seconds = time.perf_counter() - tic
-    lines = [
-        f"NLL {nll.mean():.3f} nats per point (held-out, n = {len(x)})",
-        f"  +- {nll.std() / len(x) ** 0.5:.3f} (standard error); {solver}; {seconds:.1f} s",
-    ]
-    density = closed_form(dataset)
-    if density is not None:
-        fresh = torch.from_numpy(dataset.draw(ENTROPY_POINTS, ENTROPY_SEED + seed)[0])
-        log_p = density.log_prob(fresh)  # (m,)
-        H, H_error = -log_p.mean(), log_p.std() / len(fresh) ** 0.5
-        # KL = E[log p - log q] on the held-out points: pairing cancels most of the noise
-        kl = nll + density.log_prob(x)  # (n,)
-        lines.append(f"  entropy H {H:.3f} +- {H_error:.3f} (Monte Carlo, n = {len(fresh)})")
-        lines.append(
-            f"  KL(data || model) {kl.mean():.3f} +- {kl.std() / len(x) ** 0.5:.3f}: NLL - H, "
-            "both on the held-out points"
-        )
-    return lines
-
-
-def likelihood_report(args) -> list[str]:
-    """nll_lines for the run at args.path, or for the exact denoiser of args.dataset."""
-    if args.exact:
-        dataset = datasets.load(args.dataset, args.data_dir)
-        if closed_form(dataset) is None:
-            raise ddpm.UsageError("--exact needs a dataset with a closed-form density: a shape")
-        model, method = exact.ExactDenoiser(exact.class_mixtures(dataset)), None
-        prior = likelihood.moment_gaussian(torch.from_numpy(dataset.train_set()[0]))
-        shift, scale = torch.zeros(2), torch.ones(2)
-        sigma_max = ddpm.build_parser().get_default("sigma_max")  # as a run's default
-    else:
-        path = args.path / "model.pth" if args.path.is_dir() else args.path
-        run, dataset = likelihood.load_run(path, args.data_dir)
-        model, method = run.ema.module.eval(), run.method
-        prior, shift, scale = likelihood.moment_gaussian(run.data), run.shift, run.scale
-        sigma_max = run.method.sigma_max
-    model_nll = partial(
-        likelihood.nll,
-        model,
-        method,
-        prior=prior,
-        shift=shift,
-        scale=scale,
-        sigma_max=sigma_max,
-        steps=args.nll_steps,
-    )
-    solver = (
-        f"RK4, {args.nll_steps} steps in log sigma from {likelihood.SIGMA_MIN:g} to {sigma_max:g}"
-    )
-    return nll_lines(model_nll, dataset, args.seed, solver)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -304,7 +229,7 @@ def main(argv=None):
         help="with --nll and --dataset, no run: the exact denoiser's NLL, the solver's floor",
     )
     parser.add_argument(
-        "--nll_steps", type=int, default=likelihood.STEPS, help="RK4 steps of the ODE"
+        "--nll_steps", type=int, default=32, help="RK4 steps of the ODE (likelihood.STEPS)"
     )
     args = parser.parse_args(argv)
     if args.exact and not (args.nll and args.dataset and args.path is None):
@@ -314,9 +239,11 @@ def main(argv=None):
     if args.nll_steps < 1:
         parser.error(f"--nll_steps must be positive, got {args.nll_steps}")
     if args.nll:
+        import likelihood  # here, not at the top: it imports ddpm, which imports this module
+
         try:
-            print("\n".join(likelihood_report(args)))
-        except (ddpm.UsageError, datasets.DatasetError) as err:
+            print("\n".join(likelihood.report(args)))
+        except (likelihood.ddpm.UsageError, datasets.DatasetError) as err:
             parser.error(str(err))
         return 0
     frames_path = args.path / "frames.npy" if args.path.is_dir() else args.path

@@ -71,7 +71,7 @@ def test_the_divergence_is_the_trace_of_a_finite_difference_jacobian():
 def test_the_exact_dino_denoiser_has_a_kl_near_0():
     # the solver's own floor: the ODE of the true denoiser, from a moment-matched prior
     dataset = datasets.load("dino")
-    density = evaluate.closed_form(dataset)
+    density = likelihood.closed_form(dataset)
     x = torch.from_numpy(dataset.draw(100, 7)[0]).double()
     prior = likelihood.moment_gaussian(torch.from_numpy(dataset.train_set()[0]))
     model, one = exact.ExactDenoiser([density]), torch.ones(2)
