@@ -199,7 +199,7 @@ class DDPM:
     In VE terms (Karras et al. 2022, Table 1, "VP"): sigma_t = sqrt((1 - alpha_bar_t) /
     alpha_bar_t) and x_t = sqrt(alpha_bar) x with alpha_bar = 1 / (1 + sigma^2)."""
 
-    grid = "timesteps"
+    grid, sampler, steps = "timesteps", "ddpm", None  # sampling defaults: every trained step
 
     def __init__(self, config: dict, sigma_data: float):
         self.schedule = NoiseSchedule.named(config["beta_schedule"], config["num_timesteps"])
@@ -246,7 +246,7 @@ class Flow:
 
     In VE terms sigma = t / (1 - t) and x_t = x / (1 + sigma); t = 1 is sigma = inf."""
 
-    grid = "uniform_t"
+    grid, sampler, steps = "uniform_t", "heun", 12  # sampling defaults
 
     def __init__(self, config: dict, sigma_data: float):
         self.draw_t, self.flow_t = FLOW_T[config["flow_t"]], config["flow_t"]
@@ -275,7 +275,7 @@ class EDM:
     The preconditioning (their Table 1) keeps F's input and target at unit variance for data of
     standard deviation sigma_data."""
 
-    grid = "karras"
+    grid, sampler, steps = "karras", "heun", 12  # sampling defaults: 23 network evaluations
 
     def __init__(self, config: dict, sigma_data: float):
         self.sigma_data, self.P_mean, self.P_std = sigma_data, config["P_mean"], config["P_std"]
@@ -603,11 +603,15 @@ class TrainingError(Exception):
 
 
 def sampling_options(config: dict) -> dict:
-    """reverse_process's options from a run's config."""
+    """reverse_process's options from a run's config; the method's own sampler, grid and number
+    of steps where the config leaves them open."""
+    method = METHODS[config["method"]]
     return {
-        "sampler": config["sampler"],
-        "grid": config["grid"] or METHODS[config["method"]].grid,
-        "num_inference_steps": config["num_inference_steps"] or config["num_timesteps"],
+        "sampler": config["sampler"] or method.sampler,
+        "grid": config["grid"] or method.grid,
+        "num_inference_steps": (
+            config["num_inference_steps"] or method.steps or config["num_timesteps"]
+        ),
         "eta": config["eta"],
         "s_churn": config["s_churn"],
         "init_noise": config["init_noise"],
@@ -1132,13 +1136,13 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--lr_decay",
-        default="none",
+        default="cosine",
         choices=("none", "cosine"),
         help="learning-rate schedule over the run",
     )
     parser.add_argument(
         "--method",
-        default="ddpm",
+        default="edm",
         choices=list(METHODS),
         help="training objective: ddpm (Ho et al. 2020, predicts eps), flow (flow matching, "
         "predicts eps - x_0) or edm (Karras et al. 2022, preconditioned denoiser)",
@@ -1162,10 +1166,14 @@ def build_parser() -> ArgumentParser:
         help="flow: how training draws t in (0, 1), uniform or logit-normal (Esser et al. 2024)",
     )
     parser.add_argument(
-        "--P_mean", type=finite(float), default=-1.2, help="edm: mean of ln sigma in training"
+        "--P_mean",
+        type=finite(float),
+        default=-2.0,
+        help="edm: mean of ln sigma in training (Karras et al. use -1.2 for images; lower puts "
+        "more training on the fine detail of these shapes)",
     )
     parser.add_argument(
-        "--P_std", type=positive(float), default=1.2, help="edm: std of ln sigma in training"
+        "--P_std", type=positive(float), default=1.5, help="edm: std of ln sigma in training"
     )
     parser.add_argument(
         "--sigma_data",
@@ -1196,7 +1204,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--input_scale",
         type=positive(float),
-        default=25.0,
+        default=200.0,
         help="the highest frequency of the sinusoidal embedding of x and y, in radians per unit "
         "of the data as trained (Tancik et al. 2020's Fourier-feature scale): higher lets the MLP "
         "draw finer detail",
@@ -1246,11 +1254,12 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--sampler",
-        default="ddpm",
+        default=None,
         choices=SAMPLERS,
         help="ancestral DDPM steps, DDIM steps (--eta), or EDM's Euler or Heun steps of the "
         "probability-flow ODE (Heun: 2 network evaluations per step but the last), or "
-        "Euler-Maruyama steps of the reverse-time SDE (sde)",
+        "Euler-Maruyama steps of the reverse-time SDE (sde) (default: the method's own: ddpm for "
+        "ddpm, heun for flow and edm)",
     )
     parser.add_argument(
         "--grid",
@@ -1264,7 +1273,8 @@ def build_parser() -> ArgumentParser:
         "--num_inference_steps",
         type=positive(int),
         default=None,
-        help="sampling steps, on the timesteps grid a subset of the T timesteps (default: T)",
+        help="sampling steps, on the timesteps grid a subset of the T timesteps (default: the "
+        "method's own: all T for ddpm, 12 for flow and edm)",
     )
     parser.add_argument(
         "--sigma_min",
@@ -1380,18 +1390,18 @@ def check_config(config: dict) -> None:
 
 def check_grid(config: dict) -> None:
     """The sampler's grid against the model: run once a checkpoint's config is merged."""
-    grid = config["grid"] or METHODS[config["method"]].grid
+    options = sampling_options(config)
+    grid, steps = options["grid"], options["num_inference_steps"]
     if grid == "timesteps" and config["method"] != "ddpm":
         raise UsageError(f"--grid timesteps needs --method ddpm, got --method {config['method']}")
-    if grid == "timesteps" and config["sampler"] == "heun":
+    if grid == "timesteps" and options["sampler"] == "heun":
         # Its first step spans sigma ~ 1e3-2e4 down to ~ 15, where Heun's average of the two
         # slopes overshoots; DDPM's and DDIM's steps are exact there.
         raise UsageError("--sampler heun needs a grid that starts lower: add --grid karras")
-
-    if grid == "timesteps" and (config["num_inference_steps"] or 0) > config["num_timesteps"]:
+    if grid == "timesteps" and steps > config["num_timesteps"]:
         raise UsageError(
-            f"--num_inference_steps {config['num_inference_steps']} is more than the "
-            f"{config['num_timesteps']} training timesteps"
+            f"--num_inference_steps {steps} is more than the {config['num_timesteps']} "
+            "training timesteps"
         )
 
 

@@ -120,10 +120,9 @@ def method_table(exps_dir: Path) -> str:
             checkpoint = ["--checkpoint", str(trained / "model.pth"), "--num_epochs", "0"]
             limit = ["--dataset", dataset, "--method", method, "--denoiser", "exact"]
             settings = [(s, n) for s, steps in SAMPLER_STEPS.items() for n in steps]
-            if dataset != "dino":  # the default sampler only
-                config = ddpm.parse_config([])
-                steps = config["num_inference_steps"] or config["num_timesteps"]
-                settings = [(config["sampler"], steps)]
+            if dataset != "dino":  # the method's own sampler only
+                options = ddpm.sampling_options(ddpm.parse_config(["--method", method]))
+                settings = [(options["sampler"], options["num_inference_steps"])]
             for sampler, steps in settings:
                 if method == "ddpm" and sampler == "heun":
                     continue  # its trained grid starts too high for Heun (ddpm.check_grid)
