@@ -34,6 +34,9 @@ SWEEPS = [
     ("input_embedding", ["sinusoidal", "learnable", "linear", "identity"]),
 ]
 SNAPSHOTS = 6  # panels in the forward and reverse figures
+# The original's ablations, the DDIM sweeps and the guidance model are DDPM's: the defaults before
+# EDM became the default (README, "Ablations").
+DDPM = ["--method", "ddpm", "--input_scale", "25", "--lr_decay", "none"]
 
 
 def load_sampler(checkpoint_path: Path):
@@ -147,6 +150,7 @@ def draw_headline(dino: Path) -> None:
 
 # The conditional model: three Datasaurus shapes, trained long with a decaying learning rate.
 GUIDED = [
+    *DDPM[:4],
     "--dataset",
     "dino,star,bullseye",
     "--num_epochs",
@@ -262,7 +266,8 @@ def main(argv=None) -> None:
         return
     tables = []
     for param, values in SWEEPS:
-        rows = ablate.sweep(param, values, [], args.exps_dir, STATIC_DIR / f"ablation_{param}.png")
+        figure = STATIC_DIR / f"ablation_{param}.png"
+        rows = ablate.sweep(param, values, DDPM, args.exps_dir, figure)
         tables.append(
             f"### {param}\n\n" + ablate.write_table(rows, args.exps_dir / "ablations" / param)
         )
@@ -271,7 +276,7 @@ def main(argv=None) -> None:
 
     # DDIM from each default checkpoint: fewer steps, same model.
     for dataset in ["dino", "moons", "line", "circle"]:
-        checkpoint = args.exps_dir / ablate.run_name(["--dataset", dataset]) / "model.pth"
+        checkpoint = args.exps_dir / ablate.run_name(["--dataset", dataset, *DDPM]) / "model.pth"
         steps = ["5", "10", "20", "50"] if dataset == "dino" else ["20"]
         extra = ["--checkpoint", str(checkpoint), "--num_epochs", "0", "--sampler", "ddim"]
         rows = ablate.sweep(
@@ -287,7 +292,7 @@ def main(argv=None) -> None:
         )
     extra = [
         "--checkpoint",
-        str(args.exps_dir / ablate.run_name([]) / "model.pth"),
+        str(args.exps_dir / ablate.run_name(DDPM) / "model.pth"),
         "--num_epochs",
         "0",
         "--sampler",
