@@ -19,6 +19,7 @@ from torch.optim.swa_utils import AveragedModel
 import ablate
 import datasets
 import ddpm
+import likelihood
 import plots
 
 STATIC_DIR = ddpm.PROJECT_DIR / "static"
@@ -140,6 +141,35 @@ def method_table(exps_dir: Path) -> str:
     return ablate.write_table(rows, exps_dir / "ablations" / "methods")
 
 
+DENSITY_CELLS = 80  # the density figure's grid: 80 x 80 points over [-6, 6]^2
+
+
+def density_figure(exps_dir: Path, path: Path) -> str:
+    """static/density.png: log p_model of each method's default dino run (through the
+    probability-flow ODE, likelihood.py) beside the exact density, above their samples; and the
+    NLL / KL table of the same runs."""
+    axis = torch.linspace(-plots.LIMIT, plots.LIMIT, DENSITY_CELLS)
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)  # (N*N, 2)
+    dino = datasets.load("dino")
+    true = likelihood.closed_form(dino)
+    images, samples, titles, rows = [true.log_prob(grid).numpy()], [dino.draw(1000, 1)[0]], [], []
+    titles.append("the data (exact)")
+    for method in ddpm.METHODS:
+        out = ablate.run_once(["--method", method], exps_dir)
+        run, _ = likelihood.load_run(out / "model.pth")
+        model_nll = likelihood.run_nll(run)
+        images.append(-model_nll(grid).numpy())
+        samples.append(np.load(out / "frames.npy")[-1])
+        titles.append(method)
+        held_out = torch.from_numpy(dino.draw(likelihood.NLL_POINTS, likelihood.NLL_SEED)[0])
+        nll = model_nll(held_out)
+        kl = nll + true.log_prob(held_out)
+        rows.append({"method": method, "nll": nll.mean().item(), "kl": kl.mean().item()})
+    side = (DENSITY_CELLS, DENSITY_CELLS)
+    plots.save_densities([image.reshape(side) for image in images], samples, titles, path)
+    return ablate.write_table(rows, exps_dir / "ablations" / "likelihood")
+
+
 def draw_headline(dino: Path) -> None:
     """The default dino run's pictures in static/: samples, processes, animation, loss."""
     draw_process_figures(dino, STATIC_DIR)
@@ -253,6 +283,11 @@ def main(argv=None) -> None:
         help="only the default dino run's pictures (samples, processes, animation, loss)",
     )
     parser.add_argument(
+        "--density",
+        action="store_true",
+        help="only the density figure of each method and its NLL / KL table",
+    )
+    parser.add_argument(
         "--methods",
         action="store_true",
         help="only the table of methods x samplers x NFE with the exact denoiser's limits",
@@ -263,6 +298,9 @@ def main(argv=None) -> None:
         return
     if args.methods:
         print(method_table(args.exps_dir))
+        return
+    if args.density:
+        print(density_figure(args.exps_dir, STATIC_DIR / "density.png"))
         return
     tables = []
     for param, values in SWEEPS:
@@ -312,6 +350,9 @@ def main(argv=None) -> None:
         + ablate.write_table(rows, args.exps_dir / "ablations" / "ddim_eta")
     )
     tables.append("### Methods and samplers\n\n" + method_table(args.exps_dir))
+    tables.append(
+        "### Log-likelihood\n\n" + density_figure(args.exps_dir, STATIC_DIR / "density.png")
+    )
     tables.append(
         "### Classifier-free guidance, dino,star,bullseye\n\n" + guidance_sweep(args.exps_dir)
     )

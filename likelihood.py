@@ -106,6 +106,22 @@ def load_run(path: Path, data_dir: str | None = None) -> tuple:
     return ddpm.Run(config, data, labels, dataset.classes, shift, scale, checkpoint), dataset
 
 
+def run_nll(run: ddpm.Run, steps: int = STEPS):
+    """points (n, 2) in the data's units -> (n,) -log p under a run's EMA model."""
+    prior = moment_gaussian(run.data)
+    model, method = run.ema.module.eval(), run.method
+    return partial(
+        nll,
+        model,
+        method,
+        prior=prior,
+        shift=run.shift,
+        scale=run.scale,
+        sigma_max=method.sigma_max,
+        steps=steps,
+    )
+
+
 # held-out points for the likelihood, and fresh draws for the entropy: seeds no other draw uses
 NLL_POINTS, NLL_SEED = 1000, 5000
 ENTROPY_POINTS, ENTROPY_SEED = 100_000, 6000
@@ -153,21 +169,11 @@ def report(args) -> list[str]:
         prior = moment_gaussian(torch.from_numpy(dataset.train_set()[0]))
         shift, scale = torch.zeros(2), torch.ones(2)
         sigma_max = ddpm.build_parser().get_default("sigma_max")  # as a run's default
+        model_nll = partial(nll, model, method, prior=prior, shift=shift, scale=scale)
+        model_nll = partial(model_nll, sigma_max=sigma_max, steps=args.nll_steps)
     else:
         path = args.path / "model.pth" if args.path.is_dir() else args.path
         run, dataset = load_run(path, args.data_dir)
-        model, method = run.ema.module.eval(), run.method
-        prior, shift, scale = moment_gaussian(run.data), run.shift, run.scale
-        sigma_max = run.method.sigma_max
-    model_nll = partial(
-        nll,
-        model,
-        method,
-        prior=prior,
-        shift=shift,
-        scale=scale,
-        sigma_max=sigma_max,
-        steps=args.nll_steps,
-    )
+        model_nll, sigma_max = run_nll(run, args.nll_steps), run.method.sigma_max
     solver = f"RK4, {args.nll_steps} steps in log sigma from {SIGMA_MIN:g} to {sigma_max:g}"
     return nll_lines(model_nll, dataset, args.seed, solver)

@@ -132,3 +132,31 @@ def save_loss(losses: np.ndarray, path: Path, window: int = 100) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
+
+
+def save_densities(
+    log_densities: list[np.ndarray], samples: list[np.ndarray], titles: list[str], path: Path
+) -> None:
+    """A column per model: its log density over [-LIMIT, LIMIT]^2 (an (N, N) grid, rows along
+    y) above its samples (M, 2)."""
+    fig, axes = plt.subplots(2, len(titles), figsize=(len(titles) * 2.4, 2 * 2.4), squeeze=False)
+    for column, (log_p, points, title) in enumerate(zip(log_densities, samples, titles)):
+        top, bottom = axes[0][column], axes[1][column]
+        # log p is shown down to 8 nats below its peak: the strokes and what lies between them
+        top.imshow(
+            log_p,
+            origin="lower",
+            extent=(-LIMIT, LIMIT, -LIMIT, LIMIT),
+            vmin=log_p.max() - 8,
+            vmax=log_p.max(),
+            cmap="magma",
+        )
+        _square_axes(top)
+        top.set_title(title, fontsize=9)
+        _square_axes(bottom)
+        bottom.scatter(points[:, 0], points[:, 1], **_style(point=SMALL_POINT))
+    axes[0][0].set_ylabel("log density", fontsize=9)
+    axes[1][0].set_ylabel("1000 samples", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)

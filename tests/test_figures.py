@@ -110,3 +110,11 @@ def test_a_run_saved_before_an_option_existed_is_reused_when_that_option_is_at_i
         [*TINY, "--guidance_interval", "0", "0.5"], tmp_path
     )  # another value is another run
     assert other != out and "_guidance_interval=0.0,0.5_" in other.name
+
+
+def test_the_density_figure_has_a_column_per_model(tmp_path):
+    log_p = [ddpm.np.zeros((20, 20)) - k for k in range(3)]
+    points = [ddpm.np.random.default_rng(k).normal(size=(100, 2)) for k in range(3)]
+    plots.save_densities(log_p, points, ["data", "ddpm", "edm"], tmp_path / "density.png")
+    width, height = round(3 * 2.4 * plots.DPI), round(2 * 2.4 * plots.DPI)
+    assert image_size(tmp_path / "density.png") == ((width, height), 1)
