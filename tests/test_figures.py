@@ -53,7 +53,8 @@ def test_forward_reverse_figures_and_the_animation(tiny_run, tmp_path):
     assert image_size(forward) == (one_row, 1)
     assert image_size(reverse) == (one_row, 1)
     side = round(plots.LARGE_INCHES * plots.DPI)  # 480 px: big enough to see sharpness
-    assert image_size(gif) == ((side, side), 2 * (10 + 1))  # T + 1 states each way
+    # T + 1 states forward, and the default (edm) sampler's 12 steps + 1 back
+    assert image_size(gif) == ((side, side), (10 + 1) + (12 + 1))
 
 
 def test_the_headline_samples_picture_is_480_px_wide(tiny_run, tmp_path):
@@ -69,7 +70,7 @@ def test_forward_process_ends_in_noise_and_reverse_process_ends_near_the_data(ti
     assert abs(forward[-1][1].std() - 1) < 0.1  # x_T ~ N(0, I)
     reverse = figures.reverse_process(tiny_run / "model.pth")
     sigmas = [sigma for sigma, _ in reverse]
-    assert len(sigmas) == 11 and sigmas == sorted(sigmas, reverse=True) and sigmas[-1] == 0
+    assert len(sigmas) == 12 + 1 and sigmas == sorted(sigmas, reverse=True) and sigmas[-1] == 0
 
 
 def test_an_ablation_sweep_draws_a_row_per_value_writes_its_table_and_reuses_its_runs(tmp_path):
