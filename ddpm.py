@@ -1132,7 +1132,7 @@ def build_parser() -> ArgumentParser:
         help="passes over the 8000 training points (0: only sample --checkpoint)",
     )
     parser.add_argument(
-        "--learning_rate", type=positive(float), default=3e-3, help="AdamW learning rate"
+        "--learning_rate", type=positive(float), default=2e-3, help="AdamW learning rate"
     )
     parser.add_argument(
         "--lr_decay",

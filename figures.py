@@ -37,7 +37,7 @@ SWEEPS = [
 SNAPSHOTS = 6  # panels in the forward and reverse figures
 # The original's ablations, the DDIM sweeps and the guidance model are DDPM's: the defaults before
 # EDM became the default (README, "Ablations").
-DDPM = ["--method", "ddpm", "--input_scale", "25", "--lr_decay", "none"]
+DDPM = ["--method", "ddpm", "--input_scale", "25", "--lr_decay", "none", "--learning_rate", "3e-3"]
 
 
 def load_sampler(checkpoint_path: Path):
@@ -180,7 +180,7 @@ def draw_headline(dino: Path) -> None:
 
 # The conditional model: three Datasaurus shapes, trained long with a decaying learning rate.
 GUIDED = [
-    *DDPM[:4],
+    *DDPM[:4],  # its own learning rate and decay below
     "--dataset",
     "dino,star,bullseye",
     "--num_epochs",
