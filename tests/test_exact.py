@@ -105,13 +105,13 @@ def method_of(*options):
 # near 0.6 even with the exact denoiser; 20 DDIM steps lose precision instead. Heun on the edm
 # grid from sigma_max 10 reaches both with 23 network evaluations.
 LANDS_ON_THE_DINO = [
-    ("--beta_schedule cosine", "ddpm 50 0", 1.1, 0.9, 0.55),  # 0.89 / 0.92 / 0.62
-    ("--beta_schedule linear", "ddpm 50 0", 1.1, 0.82, 0.65),  # 0.99 / 0.88 / 0.74
-    ("--beta_schedule sigmoid", "ddpm 50 0", 1.1, 0.62, 0.8),  # 0.98 / 0.69 / 0.86
-    ("--beta_schedule quadratic", "ddpm 50 0", 1.1, 0.86, 0.55),  # 1.01 / 0.92 / 0.64
-    ("--beta_schedule cosine", "ddim 20 0", 1.45, 0.82, 0.75),  # 1.30 / 0.88 / 0.81
-    ("--beta_schedule cosine", "ddim 20 0.7", 1.45, 0.82, 0.75),  # 1.28 / 0.88 / 0.80
-    ("--beta_schedule cosine", "ddim 20 1", 1.65, 0.82, 0.7),  # 1.47 / 0.88 / 0.76
+    ("--method ddpm --beta_schedule cosine", "ddpm 50 0", 1.1, 0.9, 0.55),  # 0.89 / 0.92 / 0.62
+    ("--method ddpm --beta_schedule linear", "ddpm 50 0", 1.1, 0.82, 0.65),  # 0.99 / 0.88 / 0.74
+    ("--method ddpm --beta_schedule sigmoid", "ddpm 50 0", 1.1, 0.62, 0.8),  # 0.98 / 0.69 / 0.86
+    ("--method ddpm --beta_schedule quadratic", "ddpm 50 0", 1.1, 0.86, 0.55),  # 1.01 / 0.92 / 0.64
+    ("--method ddpm --beta_schedule cosine", "ddim 20 0", 1.45, 0.82, 0.75),  # 1.30 / 0.88 / 0.81
+    ("--method ddpm --beta_schedule cosine", "ddim 20 0.7", 1.45, 0.82, 0.75),  # 1.28 / 0.88 / 0.80
+    ("--method ddpm --beta_schedule cosine", "ddim 20 1", 1.65, 0.82, 0.7),  # 1.47 / 0.88 / 0.76
     # the ODE samplers' W2 ratio is noisy across seeds (edm heun 12: 1.33, 1.15, 1.19 for 0-2)
     ("--method edm", "heun 12 0", 1.45, 0.9, 0.85),  # 1.33 / 0.95 / 0.89
     ("--method edm", "euler 50 0", 1.4, 0.88, 0.9),  # 1.29 / 0.92 / 0.95

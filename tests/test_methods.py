@@ -227,6 +227,7 @@ def test_each_method_trains_resumes_and_samples_with_every_sampler(method, tmp_p
     checkpoint = str(tmp_path / "run" / "model.pth")
     for sampler in ddpm.SAMPLERS:
         sample = ["--checkpoint", checkpoint, "--num_epochs", "0", "--sampler", sampler]
+        sample += ["--num_inference_steps", "10"]
         sample += ["--grid", "karras"] if (method, sampler) == ("ddpm", "heun") else []
 
         assert ddpm.main([*run, *sample, "--experiment_name", sampler]) == 0
@@ -246,6 +247,6 @@ def test_edm_measures_sigma_data_and_keeps_it_in_the_checkpoint(tmp_path):
 def test_heun_on_ddpms_trained_grid_is_refused_before_training(tmp_path, capsys):
     # The grid starts at sigma ~ 1e3: one Heun step from there to ~ 15 overshoots (see check_grid).
     with pytest.raises(SystemExit) as refused:
-        ddpm.main([*TINY, "--sampler", "heun", "--exps_dir", str(tmp_path)])
+        ddpm.main([*TINY, "--method", "ddpm", "--sampler", "heun", "--exps_dir", str(tmp_path)])
     assert refused.value.code == 2
     assert "--grid karras" in capsys.readouterr().err
