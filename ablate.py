@@ -87,7 +87,7 @@ def sweep(
     """Run every value, draw the grid to `figure`, return one row of numbers per value."""
     rows, cells, labels, col_labels = [], [], [], None
     for value in values:
-        out = run_once([f"--{param}", value, *extra], exps_dir)
+        out = run_once([*extra, f"--{param}", value], exps_dir)  # the swept value wins
         metrics = score(out)
         config = json.loads((out / "config.json").read_text())
         frames = np.load(out / "frames.npy")  # (frames, N, 2)
