@@ -229,7 +229,7 @@ def main(argv=None):
         help="with --nll and --dataset, no run: the exact denoiser's NLL, the solver's floor",
     )
     parser.add_argument(
-        "--nll_steps", type=int, default=32, help="RK4 steps of the ODE (likelihood.STEPS)"
+        "--nll_steps", type=int, default=128, help="RK4 steps of the ODE (likelihood.STEPS)"
     )
     args = parser.parse_args(argv)
     if args.exact and not (args.nll and args.dataset and args.path is None):

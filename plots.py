@@ -14,7 +14,7 @@ POINT = dict(s=3, alpha=0.5, linewidths=0)
 CELL_INCHES, DPI = 1.8, 80
 # The headline pictures, big enough to see sharpness: 480 px, points small enough that the
 # dino's dotted strokes (clusters 0.011 wide) stay apart.
-LARGE_INCHES, SMALL_POINT = 6.0, dict(s=1, alpha=0.6, linewidths=0)
+LARGE_INCHES, SMALL_POINT = 6.0, dict(s=2, alpha=0.8, linewidths=0)
 
 
 def _square_axes(ax, limits=None) -> None:
