@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.optim.swa_utils import AveragedModel
 
 import ablate
 import datasets
@@ -41,13 +40,9 @@ DDPM = ["--method", "ddpm", "--input_scale", "25", "--lr_decay", "none", "--lear
 
 
 def load_sampler(checkpoint_path: Path):
-    """The EMA model, schedule and clip range of a run's model.pth."""
-    checkpoint = ddpm.load_checkpoint(checkpoint_path, torch.device("cpu"))
-    config = checkpoint["config"]
-    ema = AveragedModel(ddpm.make_model(config, len(checkpoint["classes"])))
-    ema.load_state_dict(checkpoint["ema"])
-    method = ddpm.METHODS[config["method"]](config, checkpoint["sigma_data"])
-    return ema.module.eval(), method, checkpoint["clip_range"], config
+    """The EMA model, method, clip range and config of a run's model.pth."""
+    run, _ = likelihood.load_run(checkpoint_path)
+    return run.ema.module.eval(), run.method, run.clip_range, run.config
 
 
 def forward_process(config: dict, n: int = 1000, seed: int = 0) -> list[tuple[int, np.ndarray]]:
