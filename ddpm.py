@@ -783,13 +783,8 @@ class Run:
             return torch.full(
                 (n,), self.classes.index(self.config["class_label"]), device=self.data.device
             )
-        shares = torch.bincount(self.labels, minlength=len(self.classes)).double() / len(
-            self.labels
-        )
-        counts = torch.diff(
-            torch.round(torch.cumsum(shares, 0) * n).long(),
-            prepend=torch.zeros(1, dtype=torch.long, device=shares.device),
-        )
+        in_data = np.bincount(self.labels.cpu().numpy(), minlength=len(self.classes))
+        counts = torch.from_numpy(evaluate.shares_of(in_data, n)).to(self.data.device)
         classes = torch.arange(len(self.classes), device=self.data.device)
         return torch.repeat_interleave(classes, counts)  # (n,)
 

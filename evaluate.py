@@ -101,13 +101,18 @@ def draw_like(dataset, labels: np.ndarray | None, n: int, seed: int) -> np.ndarr
     )
 
 
+def shares_of(counts: np.ndarray, size: int) -> np.ndarray:
+    """Whole numbers that add up to `size`, in proportion to counts (rounded cumulatively)."""
+    return np.diff(np.round(np.cumsum(counts) / counts.sum() * size).astype(int), prepend=0)
+
+
 def subsample(labels: np.ndarray | None, n: int, size: int, seed: int) -> np.ndarray:
     """Indices of `size` of n points at random (fixed seed), each class keeping its share."""
     rng = np.random.default_rng(seed)
     if labels is None:
         return np.sort(rng.choice(n, size, replace=False))
     classes, counts = np.unique(labels, return_counts=True)
-    quotas = np.diff(np.round(np.cumsum(counts) / n * size).astype(int), prepend=0)
+    quotas = shares_of(counts, size)
     return np.concatenate(
         [rng.choice(np.flatnonzero(labels == k), q, replace=False) for k, q in zip(classes, quotas)]
     )
