@@ -234,14 +234,14 @@ def main(argv=None):
         help="with --nll and --dataset, no run: the exact denoiser's NLL, the solver's floor",
     )
     parser.add_argument(
-        "--nll_steps", type=int, default=128, help="RK4 steps of the ODE (likelihood.STEPS)"
+        "--nll_steps", type=int, default=None, help="RK4 steps of the ODE (default: 128)"
     )
     args = parser.parse_args(argv)
     if args.exact and not (args.nll and args.dataset and args.path is None):
         parser.error("--exact goes with --nll and --dataset, without a run")
     if args.path is None and not args.exact:
         parser.error("give an experiment folder (or --nll --exact --dataset NAME)")
-    if args.nll_steps < 1:
+    if args.nll_steps is not None and args.nll_steps < 1:
         parser.error(f"--nll_steps must be positive, got {args.nll_steps}")
     if args.nll:
         import likelihood  # here, not at the top: it imports ddpm, which imports this module

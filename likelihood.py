@@ -162,19 +162,28 @@ def nll_lines(model_nll, dataset, seed: int, solver: str) -> list[str]:
 
 def report(args) -> list[str]:
     """nll_lines for the run at args.path, or for the exact denoiser of args.dataset."""
+    steps = args.nll_steps or STEPS
     if args.exact:
         dataset = datasets.load(args.dataset, args.data_dir)
         if closed_form(dataset) is None:
             raise ddpm.UsageError("--exact needs a dataset with a closed-form density: a shape")
-        model, method = exact.ExactDenoiser(exact.class_mixtures(dataset)), None
+        model = exact.ExactDenoiser(exact.class_mixtures(dataset))
         prior = moment_gaussian(torch.from_numpy(dataset.train_set()[0]))
         shift, scale = torch.zeros(2), torch.ones(2)
         sigma_max = ddpm.build_parser().get_default("sigma_max")  # as a run's default
-        model_nll = partial(nll, model, method, prior=prior, shift=shift, scale=scale)
-        model_nll = partial(model_nll, sigma_max=sigma_max, steps=args.nll_steps)
+        model_nll = partial(
+            nll,
+            model,
+            None,
+            prior=prior,
+            shift=shift,
+            scale=scale,
+            sigma_max=sigma_max,
+            steps=steps,
+        )
     else:
         path = args.path / "model.pth" if args.path.is_dir() else args.path
         run, dataset = load_run(path, args.data_dir)
-        model_nll, sigma_max = run_nll(run, args.nll_steps), run.method.sigma_max
-    solver = f"RK4, {args.nll_steps} steps in log sigma from {SIGMA_MIN:g} to {sigma_max:g}"
+        model_nll, sigma_max = run_nll(run, steps), run.method.sigma_max
+    solver = f"RK4, {steps} steps in log sigma from {SIGMA_MIN:g} to {sigma_max:g}"
     return nll_lines(model_nll, dataset, args.seed, solver)
