@@ -120,12 +120,6 @@ def class_mixtures(dataset: datasets.Dataset, data_dir: str | None = None) -> li
     return per_class + [empirical(points)]
 
 
-def sigma_from_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
-    """The noise level of a DDPM timestep in D's form: x_t / sqrt(alpha_bar_t) = x_0 + sigma_t
-    eps."""
-    return ((1 - alpha_bar) / alpha_bar).sqrt()
-
-
 class ExactDenoiser(nn.Module):
     """D(x, sigma, c) -> E[x_0 | x] (B, 2) for x (B, 2) = x_0 + sigma eps, sigma (B,), c (B,) or
     None: what every method's network is trained to give, here exact, so it takes the network's
