@@ -134,13 +134,20 @@ class NoiseSchedule:
 #                   levels the network must tell apart, as DDPM's integer timesteps do.
 #   c       (B,)    class indices, or None for the null class
 # It predicts eps (ddpm), the velocity eps - x_0 (flow) or EDM's F (edm).
+#
+# Its nonlinearity: GELU (Hendrycks & Gimpel 2016) by default; ReLU makes a training step about
+# 15% cheaper on a CPU but the samples less sharp (README, "Ablations").
+ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU}
+
+
 class Block(nn.Module):
-    def __init__(self, size: int):
+    def __init__(self, size: int, activation: str = "gelu"):
         super().__init__()
         self.linear = nn.Linear(size, size)
+        self.activation = ACTIVATIONS[activation]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + F.gelu(self.linear(x))
+        return x + self.activation(self.linear(x))
 
 
 class MLP(nn.Module):
@@ -160,6 +167,7 @@ class MLP(nn.Module):
         input_embedding="sinusoidal",
         num_classes=0,
         input_scale=25.0,
+        activation="gelu",
     ):
         super().__init__()
         self.embed_x = make_embedding(input_embedding, embedding_size, scale=input_scale)
@@ -173,8 +181,8 @@ class MLP(nn.Module):
             + self.embed_t.out_dim
             + (embedding_size if num_classes else 0)
         )
-        layers = [nn.Linear(in_size, hidden_size), nn.GELU()]
-        layers += [Block(hidden_size) for _ in range(hidden_layers)]
+        layers = [nn.Linear(in_size, hidden_size), ACTIVATIONS[activation]()]
+        layers += [Block(hidden_size, activation) for _ in range(hidden_layers)]
         layers += [nn.Linear(hidden_size, 2)]
         self.net = nn.Sequential(*layers)
 
@@ -545,6 +553,7 @@ MODEL_FIELDS = (
     "embedding_size",
     "hidden_size",
     "hidden_layers",
+    "activation",
     "time_embedding",
     "input_embedding",
     "input_scale",
@@ -588,7 +597,7 @@ CHECKPOINT_KEYS = {
 
 
 # What a config saved before these options existed meant, whatever their defaults are now.
-LEGACY_CONFIG = {"method": "ddpm", "sigma_data": None, "input_scale": 25.0}
+LEGACY_CONFIG = {"method": "ddpm", "sigma_data": None, "input_scale": 25.0, "activation": "gelu"}
 
 # Predicting eps = 0 scores 1; a loss this large (or NaN) means the optimisation has blown up.
 DIVERGED_LOSS = 1e3
@@ -629,6 +638,7 @@ def make_model(config: dict, num_classes: int = 0) -> MLP:
         config["input_embedding"],
         num_classes,
         config["input_scale"],
+        config["activation"],
     )
 
 
@@ -1188,6 +1198,9 @@ def build_parser() -> ArgumentParser:
         "--hidden_layers", type=positive(int), default=3, help="residual blocks in the MLP"
     )
     parser.add_argument(
+        "--activation", default="gelu", choices=ACTIVATIONS, help="the MLP's nonlinearity"
+    )
+    parser.add_argument(
         "--time_embedding", default="sinusoidal", choices=TIME_EMBEDDINGS, help="how the MLP sees t"
     )
     parser.add_argument(
@@ -1502,15 +1515,20 @@ def prepare(argv) -> tuple[dict, datasets.Dataset, dict | None]:
     return config, dataset, checkpoint
 
 
+def use_run_threads() -> None:
+    """One torch thread, unless OMP_NUM_THREADS asks for more: the MLP is too small for a second
+    thread to help (8.5 vs 8.7 ms a step on 2 cores), and on a busy machine threads that wait
+    for each other make a step 10x slower."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     if vars(parser.parse_args(argv))["dataset"] == "list":
         print("\n".join(datasets.DATASETS))
         return 0
-    if "OMP_NUM_THREADS" not in os.environ:
-        # The MLP is too small for a second thread to help (8.5 vs 8.7 ms a step on 2 cores),
-        # and on a busy machine threads that wait for each other make a step 10x slower.
-        torch.set_num_threads(1)
+    use_run_threads()
     try:
         config, dataset, checkpoint = prepare(argv)
         metrics = run(config, dataset, checkpoint)

@@ -1,5 +1,6 @@
 """The three training objectives and the samplers, against closed forms and exact denoisers."""
 
+import json
 import math
 
 import pytest
@@ -250,3 +251,21 @@ def test_heun_on_ddpms_trained_grid_is_refused_before_training(tmp_path, capsys)
         ddpm.main([*TINY, "--method", "ddpm", "--sampler", "heun", "--exps_dir", str(tmp_path)])
     assert refused.value.code == 2
     assert "--grid karras" in capsys.readouterr().err
+
+
+def test_the_activation_is_kept_in_the_checkpoint_and_old_checkpoints_mean_gelu(tmp_path):
+    run = [*TINY, "--method", "edm", "--exps_dir", str(tmp_path)]
+    assert ddpm.main([*run, "--experiment_name", "relu", "--activation", "relu"]) == 0
+    path = tmp_path / "relu" / "model.pth"
+    resampled = [*run, "--experiment_name", "resampled", "--num_epochs", "0", "--checkpoint"]
+    assert ddpm.main([*resampled, str(path)]) == 0  # without --activation: the checkpoint's
+    config = json.loads((tmp_path / "resampled" / "config.json").read_text())
+    model = ddpm.make_model(config)
+    assert {torch.nn.ReLU, torch.nn.GELU} & {type(module) for module in model.modules()} == {
+        torch.nn.ReLU
+    }
+    checkpoint = torch.load(path)
+    del checkpoint["config"]["activation"]  # as saved before --activation existed
+    torch.save(checkpoint, tmp_path / "old.pth")
+    old = ddpm.load_checkpoint(tmp_path / "old.pth", torch.device("cpu"))
+    assert old["config"]["activation"] == "gelu"
