@@ -6,7 +6,8 @@ python bench.py --train_batch_size 32    # throughput at the original's batch si
 
 The step's FLOPs are those of its matmuls, counted from the Linear layers' shapes; the same
 matmuls timed alone give the machine's throughput on the model's own shapes. Their ratio, the
-share, says how close a step comes to pure arithmetic on any machine.
+share, says how close a step comes to pure arithmetic on any machine. Everything is timed with
+the threads a run uses: one, unless OMP_NUM_THREADS says otherwise.
 """
 
 import argparse
@@ -24,6 +25,8 @@ from torch import nn
 
 import datasets
 import ddpm
+
+ROUNDS = 10  # of training steps, then the matmuls alone
 
 
 def time_it(fn, repeats: int) -> float:
@@ -69,40 +72,49 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--train_batch_size", type=int, default=ddpm.build_parser().get_default("train_batch_size")
     )
-    parser.add_argument("--steps", type=int, default=300, help="training steps timed")
+    parser.add_argument(
+        "--steps", type=ddpm.positive(int), default=300, help="training steps timed"
+    )
     parser.add_argument(
         "--run_args",
         default="",
-        help="extra options for the timed `python ddpm.py --dataset dino` run",
+        help="extra options of ddpm.py for the timed steps and the timed `python ddpm.py "
+        "--dataset dino` run, as in --run_args='--activation relu'",
     )
     parser.add_argument("--no_run", action="store_true", help="skip the default run")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print torch.profiler's top operators by self CPU time over 100 steps (the "
+        "profiler's own cost per operator inflates the small ones)",
+    )
     args = parser.parse_args(argv)
+    ddpm.use_run_threads()  # time the step as a run takes it
+    B = args.train_batch_size
 
     config = vars(
         ddpm.build_parser().parse_args(
-            ["--dataset", "line", "--train_batch_size", str(args.train_batch_size)]
+            ["--dataset", "line", "--train_batch_size", str(B), *args.run_args.split()]
         )
     )
     data = torch.from_numpy(datasets.get_dataset("line"))
     run = ddpm.Run(config, data)
-    B = args.train_batch_size
-    batches = [torch.randint(0, len(data), (B,)) for _ in range(args.steps + 1)]
+    per_round = max(args.steps // ROUNDS, 1)
+    batches = [torch.randint(0, len(data), (B,)) for _ in range(ROUNDS * (per_round + 1))]
     matmuls = step_matmuls(run, data[batches[0]])
     flops = sum(flops for flops, _ in matmuls)
-    # Alternate the two timings, best of 3: the machine's speed may drift between them.
-    seconds, matmul_seconds = math.inf, math.inf
-    for _ in range(3):
-        batch_iter = iter(batches)
-        seconds = min(seconds, time_it(lambda: run.step(data[next(batch_iter)]), args.steps))
-        matmul_seconds = min(
-            matmul_seconds, sum(time_it(call, args.steps // 10) for _, call in matmuls)
-        )
+    # Alternate the two timings in short rounds and keep the best of each: on a shared machine
+    # the speed drifts, and the fastest round is the one least slowed by other jobs.
+    seconds, matmul_seconds, batch_iter = math.inf, math.inf, iter(batches)
+    for _ in range(ROUNDS):
+        seconds = min(seconds, time_it(lambda: run.step(data[next(batch_iter)]), per_round))
+        matmul_seconds = min(matmul_seconds, sum(time_it(call, 10) for _, call in matmuls))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"training:  {B / seconds:10,.0f} samples/s  (batch {B}, {seconds * 1e3:.2f} ms/step)")
     print(
         f"matmuls:   {flops / matmul_seconds / 1e9:10.1f} GFLOP/s alone, "
         f"{flops / seconds / 1e9:.1f} GFLOP/s in a step ({flops / 1e6:.0f} MFLOP/step): "
-        f"{matmul_seconds / seconds:.0%} of the step is arithmetic"
+        f"{matmul_seconds / seconds:.0%} of their throughput"
     )
 
     n, options = config["eval_batch_size"], ddpm.sampling_options(config)
@@ -116,6 +128,12 @@ def main(argv=None) -> None:
     rate = n * nfe / seconds
     print(f"sampling:  {rate:10,.0f} points x NFE/s  ({n} points x {nfe} NFE in {seconds:.3f} s)")
 
+    if args.profile:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            for i in range(100):
+                run.step(data[batches[i % len(batches)]])
+        averages = profile.key_averages()
+        print(averages.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
     if args.no_run:
         return
     with tempfile.TemporaryDirectory() as exps:
