@@ -136,7 +136,7 @@ class NoiseSchedule:
 # It predicts eps (ddpm), the velocity eps - x_0 (flow) or EDM's F (edm).
 #
 # Its nonlinearity: GELU (Hendrycks & Gimpel 2016) by default; ReLU makes a training step about
-# 15% cheaper on a CPU but the samples less sharp (README, "Ablations").
+# 15% cheaper on a CPU but the samples less sharp (README, "The defaults, measured").
 ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU}
 
 
