@@ -655,6 +655,32 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_memory(config: dict) -> None:
+    """Refuse a CPU run whose largest tensors alone outgrow the machine's memory: past it the
+    kernel kills the process part way, where torch cannot raise. A lower bound, in bytes."""
+    hidden, eval_points = config["hidden_size"], config["eval_batch_size"]
+    batch = max(config["train_batch_size"], eval_points)
+    width = 3 * config["embedding_size"] + (config["hidden_layers"] + 1) * hidden
+    frames = config["num_epochs"] // config["save_images_step"] + 1
+    needed = {
+        # the inputs and activations of one forward pass, float32
+        "--train_batch_size or --eval_batch_size": 4 * batch * width,
+        # weights, gradients, AdamW's two moments and the EMA
+        "--hidden_size or --hidden_layers": 5 * 4 * config["hidden_layers"] * hidden**2,
+        # the loss of every step (at least one an epoch) and every frame's points
+        "--num_epochs": 4 * config["num_epochs"] + 8 * frames * eval_points,
+        # DDPM's schedule: 3 float64 and 6 float32 tensors of T values
+        "--num_timesteps": 48 * config["num_timesteps"] if config["method"] == "ddpm" else 0,
+    }
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if sum(needed.values()) > available:
+        largest = max(needed, key=needed.get)
+        raise UsageError(
+            f"this run needs at least {sum(needed.values()) / 2**30:.0f} GiB at once and the "
+            f"machine has {available / 2**30:.0f} GiB: lower {largest}"
+        )
+
+
 class StopOnCtrlC:
     """The first Ctrl-C asks training to stop after this epoch, so the saved state is whole."""
 
@@ -968,6 +994,8 @@ def run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None)
     write exps/<name>/."""
     started = time.perf_counter()
     device = resolve_device(config["device"])
+    if device.type == "cpu" and hasattr(os, "sysconf"):  # a GPU's out-of-memory error is raised
+        check_memory(config)
     torch.manual_seed(config["seed"])
     points, labels = (torch.from_numpy(array) for array in dataset.train_set())  # (m, 2), (m,)
     if checkpoint:
@@ -1068,6 +1096,10 @@ def finite(kind):
     return parse
 
 
+# Counts and sizes above this are typos, and some would overflow torch's 64-bit sizes unchecked.
+LARGEST_INT = 2**31 - 1
+
+
 def positive(kind):
     number = finite(kind)
 
@@ -1075,6 +1107,8 @@ def positive(kind):
         value = number(text)
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if kind is int and value > LARGEST_INT:
+            raise argparse.ArgumentTypeError(f"must be at most {LARGEST_INT}, got {text}")
         return value
 
     parse.__name__ = f"positive {kind.__name__}"
@@ -1515,6 +1549,12 @@ def prepare(argv) -> tuple[dict, datasets.Dataset, dict | None]:
     return config, dataset, checkpoint
 
 
+def is_out_of_memory(err: Exception) -> bool:
+    """An allocation the machine cannot make: torch's CPU allocator raises a plain RuntimeError."""
+    out_of_memory = (MemoryError, torch.OutOfMemoryError)
+    return isinstance(err, out_of_memory) or "can't allocate memory" in str(err)
+
+
 def use_run_threads() -> None:
     """One torch thread, unless OMP_NUM_THREADS asks for more: the MLP is too small for a second
     thread to help (8.5 vs 8.7 ms a step on 2 cores), and on a busy machine threads that wait
@@ -1536,6 +1576,15 @@ def main(argv=None) -> int:
         parser.error(str(err))
     except TrainingError as err:
         parser.exit(1, f"{parser.prog}: {one_line(str(err))}\n")
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        parser.exit(
+            1,
+            f"{parser.prog}: out of memory ({one_line(str(err).splitlines()[0])}): choose a "
+            "smaller --hidden_size, --embedding_size, --train_batch_size, --eval_batch_size, "
+            "--num_timesteps or --num_epochs\n",
+        )
     except KeyboardInterrupt as err:
         parser.exit(130, f"{parser.prog}: {one_line(str(err) or 'interrupted')}\n")
     files = "config.json loss.npy frames.npy images/ metrics.json"

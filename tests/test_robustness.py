@@ -92,6 +92,11 @@ def assert_one_line_error(code, err, *phrases, exit_code=2):
         (["--learning_rate", "inf"], "--learning_rate: must be a finite number, got inf"),
         (["--eta=-inf"], "--eta: must be a finite number, got -inf"),
         (["--guidance_interval", "0", "nan"], "--guidance_interval: must be a finite number"),
+        (["--hidden_size", str(10**11)], "--hidden_size: must be at most 2147483647"),
+        (["--train_batch_size", str(10**20)], "--train_batch_size: must be at most 2147483647"),
+        (["--eval_batch_size", str(2**31 - 1)], "GiB at once and the machine has"),
+        (["--num_epochs", str(2**31 - 1)], "GiB at once and the machine has"),
+        (["--method", "ddpm", "--num_timesteps", str(2**31 - 1)], "lower --num_timesteps"),
         (["--seed", "-1"], "--seed must be in [0, 2**32), got -1"),
         (["--seed", str(2**64)], "--seed must be in [0, 2**32)"),
         (
@@ -386,6 +391,24 @@ def no_training(monkeypatch):
 
     monkeypatch.setattr(ddpm, "run", stub)
     return started
+
+
+def test_running_out_of_memory_is_one_line_and_other_errors_are_not_hidden(
+    capsys, tmp_path, monkeypatch
+):
+    def allocate(message):
+        def stub(*args):
+            raise RuntimeError(message)
+
+        return stub
+
+    allocator = "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory"
+    monkeypatch.setattr(ddpm, "run", allocate(f"{allocator}\nframe #0: ..."))
+    code, err = cli(capsys, *TINY, "--exps_dir", str(tmp_path))
+    assert_one_line_error(code, err, "out of memory", "smaller --hidden_size", exit_code=1)
+    monkeypatch.setattr(ddpm, "run", allocate("a bug"))
+    with pytest.raises(RuntimeError, match="a bug"):
+        ddpm.main([*TINY, "--exps_dir", str(tmp_path), "--overwrite"])
 
 
 def test_an_output_folder_under_a_file_is_refused_before_training(capsys, tmp_path, no_training):
