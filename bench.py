@@ -70,7 +70,9 @@ def main(argv=None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--train_batch_size", type=int, default=ddpm.build_parser().get_default("train_batch_size")
+        "--train_batch_size",
+        type=ddpm.positive(int),
+        default=ddpm.build_parser().get_default("train_batch_size"),
     )
     parser.add_argument(
         "--steps", type=ddpm.positive(int), default=300, help="training steps timed"
