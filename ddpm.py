@@ -994,8 +994,6 @@ def run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None)
     write exps/<name>/."""
     started = time.perf_counter()
     device = resolve_device(config["device"])
-    if device.type == "cpu" and hasattr(os, "sysconf"):  # a GPU's out-of-memory error is raised
-        check_memory(config)
     torch.manual_seed(config["seed"])
     points, labels = (torch.from_numpy(array) for array in dataset.train_set())  # (m, 2), (m,)
     if checkpoint:
@@ -1539,6 +1537,8 @@ def prepare(argv) -> tuple[dict, datasets.Dataset, dict | None]:
             f"--class_label {config['class_label']!r} is not a class of {dataset.name}: "
             f"its classes are {', '.join(dataset.classes) or 'none'}"
         )
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        check_memory(config)  # on a GPU torch raises its out-of-memory error in time
     check_writable(out_dir)
     if replacing:
         # nothing of the replaced run may survive to be mistaken for the new one
