@@ -135,8 +135,8 @@ class NoiseSchedule:
 #   c       (B,)    class indices, or None for the null class
 # It predicts eps (ddpm), the velocity eps - x_0 (flow) or EDM's F (edm).
 #
-# Its nonlinearity: GELU (Hendrycks & Gimpel 2016) by default; ReLU makes a training step about
-# 15% cheaper on a CPU but the samples less sharp (README, "The defaults, measured").
+# Its nonlinearity: GELU (Hendrycks & Gimpel 2016) by default; ReLU makes a training step
+# 13-15% cheaper on a CPU but the samples less sharp (README, "The defaults, measured").
 ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU}
 
 
@@ -1556,9 +1556,9 @@ def is_out_of_memory(err: Exception) -> bool:
 
 
 def use_run_threads() -> None:
-    """One torch thread, unless OMP_NUM_THREADS asks for more: the MLP is too small for a second
-    thread to help (8.5 vs 8.7 ms a step on 2 cores), and on a busy machine threads that wait
-    for each other make a step 10x slower."""
+    """One torch thread, unless OMP_NUM_THREADS asks for more: on an idle 2-core machine a second
+    thread shortens a step by only about a fifth, and on a busy one threads that wait for each
+    other make a step up to 10x slower."""
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
 
