@@ -17,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+import checkpoints
 import ddpm
 import evaluate
 import plots
+from options import PROJECT_DIR
 
-STATIC_DIR = ddpm.PROJECT_DIR / "static"
+STATIC_DIR = PROJECT_DIR / "static"
 COLUMNS = 6  # saved epochs shown per row
 
 
@@ -53,12 +55,12 @@ def run_once(args: list[str], exps_dir: Path) -> Path:
     parser = ddpm.build_parser()
     defaults, wanted = (
         vars(parser.parse_args([])),
-        {k: v for k, v in vars(parser.parse_args(args)).items() if k not in ddpm.RUN_FIELDS},
+        {k: v for k, v in vars(parser.parse_args(args)).items() if k not in checkpoints.RUN_FIELDS},
     )
     if (out / "metrics.json").is_file():
         saved = json.loads((out / "config.json").read_text())
         # a run from before an option existed had its default then
-        saved = ddpm.LEGACY_CONFIG | saved
+        saved = checkpoints.LEGACY_CONFIG | saved
         if all(saved.get(k, defaults[k]) == v for k, v in wanted.items()):
             return out
     if (
@@ -139,7 +141,7 @@ def main(argv=None) -> None:
     )
     parser.add_argument("param", help="a ddpm.py option, without its dashes (e.g. learning_rate)")
     parser.add_argument("values", nargs="+", help="the values to try")
-    parser.add_argument("--exps_dir", type=Path, default=ddpm.PROJECT_DIR / "exps")
+    parser.add_argument("--exps_dir", type=Path, default=PROJECT_DIR / "exps")
     parser.add_argument(
         "--figure", type=Path, default=None, help="default: static/ablation_<param>.png"
     )

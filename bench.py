@@ -25,6 +25,7 @@ from torch import nn
 
 import datasets
 import ddpm
+import options
 
 ROUNDS = 10  # of training steps, then the matmuls alone
 
@@ -71,11 +72,11 @@ def main(argv=None) -> None:
     )
     parser.add_argument(
         "--train_batch_size",
-        type=ddpm.positive(int),
+        type=options.positive(int),
         default=ddpm.build_parser().get_default("train_batch_size"),
     )
     parser.add_argument(
-        "--steps", type=ddpm.positive(int), default=300, help="training steps timed"
+        "--steps", type=options.positive(int), default=300, help="training steps timed"
     )
     parser.add_argument(
         "--run_args",
@@ -91,7 +92,7 @@ def main(argv=None) -> None:
         "profiler's own cost per operator inflates the small ones)",
     )
     args = parser.parse_args(argv)
-    ddpm.use_run_threads()  # time the step as a run takes it
+    options.use_run_threads()  # time the step as a run takes it
     B = args.train_batch_size
 
     config = vars(
@@ -99,8 +100,8 @@ def main(argv=None) -> None:
             ["--dataset", "line", "--train_batch_size", str(B), *args.run_args.split()]
         )
     )
-    data = torch.from_numpy(datasets.get_dataset("line"))
-    run = ddpm.Run(config, data)
+    run = ddpm.make_run(config, datasets.load("line"))
+    data = run.data
     per_round = max(args.steps // ROUNDS, 1)
     batches = [torch.randint(0, len(data), (B,)) for _ in range(ROUNDS * (per_round + 1))]
     matmuls = step_matmuls(run, data[batches[0]])
@@ -109,7 +110,9 @@ def main(argv=None) -> None:
     # the speed drifts, and the fastest round is the one least slowed by other jobs.
     seconds, matmul_seconds, batch_iter = math.inf, math.inf, iter(batches)
     for _ in range(ROUNDS):
-        seconds = min(seconds, time_it(lambda: run.step(data[next(batch_iter)]), per_round))
+        seconds = min(
+            seconds, time_it(lambda: ddpm.train_step(run, data[next(batch_iter)]), per_round)
+        )
         matmul_seconds = min(matmul_seconds, sum(time_it(call, 10) for _, call in matmuls))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"training:  {B / seconds:10,.0f} samples/s  (batch {B}, {seconds * 1e3:.2f} ms/step)")
@@ -119,12 +122,12 @@ def main(argv=None) -> None:
         f"{matmul_seconds / seconds:.0%} of their throughput"
     )
 
-    n, options = config["eval_batch_size"], ddpm.sampling_options(config)
-    nfe = ddpm.nfe(options["sampler"], options["num_inference_steps"])
+    n, sampling = config["eval_batch_size"], ddpm.sampling_options(config)
+    nfe = ddpm.nfe(sampling["sampler"], sampling["num_inference_steps"])
 
     def sample():
         generator = torch.Generator().manual_seed(0)
-        return ddpm.sample(run.ema.module, run.method, n, generator, **options)
+        return ddpm.sample(run.ema.module, run.method, n, generator, **sampling)
 
     seconds = time_it(sample, 3)
     rate = n * nfe / seconds
@@ -133,7 +136,7 @@ def main(argv=None) -> None:
     if args.profile:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
             for i in range(100):
-                run.step(data[batches[i % len(batches)]])
+                ddpm.train_step(run, data[batches[i % len(batches)]])
         averages = profile.key_averages()
         print(averages.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
     if args.no_run:
@@ -141,7 +144,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as exps:
         command = [
             sys.executable,
-            str(ddpm.PROJECT_DIR / "ddpm.py"),
+            str(options.PROJECT_DIR / "ddpm.py"),
             "--dataset",
             "dino",
             "--exps_dir",

@@ -13,8 +13,8 @@ samples cover (missing parts lower it).
 
     python evaluate.py exps/base            # last frame of a run, dataset from its config
     python evaluate.py exps/base/frames.npy --dataset dino --frame 10
-    python evaluate.py exps/base --nll       # the model's log-likelihood (likelihood.py)
-    python evaluate.py --nll --exact --dataset dino   # the same ODE with the exact denoiser
+
+The model's log-likelihood of held-out points is likelihood.py's: python likelihood.py exps/base
 """
 
 import argparse
@@ -211,9 +211,7 @@ def main(argv=None):
     parser.add_argument(
         "path",
         type=Path,
-        nargs="?",
-        help="an experiment folder, or a frames.npy of shape (frames, N, 2) (with --nll: a "
-        "folder or its model.pth)",
+        help="an experiment folder, or a frames.npy of shape (frames, N, 2)",
     )
     parser.add_argument(
         "--dataset",
@@ -222,35 +220,7 @@ def main(argv=None):
     parser.add_argument("--frame", type=int, default=-1, help="which frame to score")
     parser.add_argument("--seed", type=int, default=0, help="seed of the reference draws")
     parser.add_argument("--data_dir", help="folder holding DatasaurusDozen.tsv")
-    parser.add_argument(
-        "--nll",
-        action="store_true",
-        help="the model's negative log-likelihood of held-out true points, through the "
-        "probability-flow ODE (likelihood.py), instead of scoring samples",
-    )
-    parser.add_argument(
-        "--exact",
-        action="store_true",
-        help="with --nll and --dataset, no run: the exact denoiser's NLL, the solver's floor",
-    )
-    parser.add_argument(
-        "--nll_steps", type=int, default=None, help="RK4 steps of the ODE (default: 128)"
-    )
     args = parser.parse_args(argv)
-    if args.exact and not (args.nll and args.dataset and args.path is None):
-        parser.error("--exact goes with --nll and --dataset, without a run")
-    if args.path is None and not args.exact:
-        parser.error("give an experiment folder (or --nll --exact --dataset NAME)")
-    if args.nll_steps is not None and args.nll_steps < 1:
-        parser.error(f"--nll_steps must be positive, got {args.nll_steps}")
-    if args.nll:
-        import likelihood  # here, not at the top: it imports ddpm, which imports this module
-
-        try:
-            print("\n".join(likelihood.report(args)))
-        except (likelihood.ddpm.UsageError, datasets.DatasetError) as err:
-            parser.error(str(err))
-        return 0
     frames_path = args.path / "frames.npy" if args.path.is_dir() else args.path
     config_path = frames_path.parent / "config.json"
     dataset = args.dataset or (

@@ -140,3 +140,9 @@ class ExactDenoiser(nn.Module):
             rows = c == k
             x_0[rows] = self.mixtures[k].denoise(x[rows], sigma[rows])
         return x_0.to(x.dtype)
+
+
+def denoiser_of(dataset: datasets.Dataset, data_dir, shift, scale) -> ExactDenoiser:
+    """The exact denoiser of a dataset's classes, in the units a run trains in."""
+    mixtures = class_mixtures(dataset, data_dir)
+    return ExactDenoiser([mixture.standardised(shift, scale) for mixture in mixtures])

@@ -16,12 +16,14 @@ import numpy as np
 import torch
 
 import ablate
+import checkpoints
 import datasets
 import ddpm
 import likelihood
 import plots
+from options import PROJECT_DIR
 
-STATIC_DIR = ddpm.PROJECT_DIR / "static"
+STATIC_DIR = PROJECT_DIR / "static"
 # (option, values): the original's ablations, on the dino, with the defaults elsewhere.
 SWEEPS = [
     ("dataset", ["dino", "moons", "line", "circle"]),
@@ -47,7 +49,8 @@ def load_sampler(checkpoint_path: Path):
 
 def forward_process(config: dict, n: int = 1000, seed: int = 0) -> list[tuple[int, np.ndarray]]:
     """(t, x_t) for t = 0..T: the data, then ever noisier (Ho et al. 2020, eq. 4)."""
-    schedule = ddpm.NoiseSchedule.named(config["beta_schedule"], config["num_timesteps"])
+    betas = ddpm.BETA_SCHEDULES[config["beta_schedule"]](config["num_timesteps"])
+    schedule = ddpm.NoiseSchedule(betas)
     x_0 = torch.from_numpy(
         datasets.get_dataset(config["dataset"], n, seed=seed, data_dir=config["data_dir"])
     )
@@ -120,11 +123,13 @@ def method_table(exps_dir: Path) -> str:
             limit = ["--dataset", dataset, "--method", method, "--denoiser", "exact"]
             settings = [(s, n) for s, steps in SAMPLER_STEPS.items() for n in steps]
             if dataset != "dino":  # the method's own sampler only
-                options = ddpm.sampling_options(ddpm.parse_config(["--method", method]))
+                options = ddpm.sampling_options(
+                    vars(ddpm.build_parser().parse_args(["--method", method]))
+                )
                 settings = [(options["sampler"], options["num_inference_steps"])]
             for sampler, steps in settings:
                 if method == "ddpm" and sampler == "heun":
-                    continue  # its trained grid starts too high for Heun (ddpm.check_grid)
+                    continue  # its trained grid starts too high for Heun (options.py, check_grid)
                 net = _sampled([*checkpoint, "--method", method], sampler, steps, exps_dir)
                 exact = _sampled(limit, sampler, steps, exps_dir)
                 rows.append(
@@ -210,7 +215,7 @@ def guidance_sweep(exps_dir: Path) -> str:
     its table (mean and worst over SAMPLE_SEEDS)."""
 
     model_dir = ablate.run_once(GUIDED, exps_dir)
-    classes = ddpm.load_checkpoint(model_dir / "model.pth", torch.device("cpu"))["classes"]
+    classes = checkpoints.load(model_dir / "model.pth", torch.device("cpu"))["classes"]
     cells, labels, rows = [], [], []
     for scale, interval in GUIDANCE:
         row = []
@@ -271,7 +276,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--exps_dir", type=Path, default=ddpm.PROJECT_DIR / "exps")
+    parser.add_argument("--exps_dir", type=Path, default=PROJECT_DIR / "exps")
     parser.add_argument(
         "--headline",
         action="store_true",

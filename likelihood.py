@@ -27,19 +27,24 @@ rows of the Jacobian, where image models must estimate it (Hutchinson's trick).
   (var / sigma_max^2)^2 (1e-4 nats for the dino at sigma_max = 10, against its exact density).
 - Classes: the likelihood is the unconditional one, p(x) of the null class.
 
-    python evaluate.py exps/base --nll
+    python likelihood.py exps/base                  # the NLL of a run's model
+    python likelihood.py --exact --dataset dino     # the same ODE with the exact denoiser
 """
 
+import argparse
 import math
+import sys
 import time
 from functools import partial
 from pathlib import Path
 
 import torch
 
+import checkpoints
 import datasets
 import ddpm
 import exact
+import options
 
 SIGMA_MIN = 1e-3
 STEPS = 128
@@ -97,14 +102,10 @@ def nll(model, method, x, prior, shift, scale, sigma_max, steps=STEPS) -> torch.
 
 def load_run(path: Path, data_dir: str | None = None) -> tuple:
     """(ddpm.Run, its datasets.Dataset): the run saved in model.pth at path, on the CPU."""
-    checkpoint = ddpm.load_checkpoint(path, torch.device("cpu"))
+    checkpoint = checkpoints.load(path, torch.device("cpu"))
     config = checkpoint["config"] | {"resume": False, "device": "cpu"}
     dataset = datasets.load(config["dataset"], data_dir or config["data_dir"])
-    points, labels = (torch.from_numpy(array) for array in dataset.train_set())  # (m, 2), (m,)
-    shift, scale = checkpoint["shift"].cpu(), checkpoint["scale"].cpu()
-    labels = labels if dataset.classes else None
-    data = (points - shift) / scale  # training units
-    return ddpm.Run(config, data, labels, dataset.classes, shift, scale, checkpoint), dataset
+    return ddpm.make_run(config, dataset, checkpoint), dataset
 
 
 def run_nll(run: ddpm.Run, steps: int = STEPS):
@@ -162,11 +163,11 @@ def nll_lines(model_nll, dataset, seed: int, solver: str) -> list[str]:
 
 def report(args) -> list[str]:
     """nll_lines for the run at args.path, or for the exact denoiser of args.dataset."""
-    steps = args.nll_steps or STEPS
+    steps = args.steps
     if args.exact:
         dataset = datasets.load(args.dataset, args.data_dir)
         if closed_form(dataset) is None:
-            raise ddpm.UsageError("--exact needs a dataset with a closed-form density: a shape")
+            raise options.UsageError("--exact needs a dataset with a closed-form density: a shape")
         model = exact.ExactDenoiser(exact.class_mixtures(dataset))
         prior = moment_gaussian(torch.from_numpy(dataset.train_set()[0]))
         shift, scale = torch.zeros(2), torch.ones(2)
@@ -187,3 +188,33 @@ def report(args) -> list[str]:
         model_nll, sigma_max = run_nll(run, steps), run.method.sigma_max
     solver = f"RK4, {steps} steps in log sigma from {SIGMA_MIN:g} to {sigma_max:g}"
     return nll_lines(model_nll, dataset, args.seed, solver)
+
+
+def main(argv=None) -> int:
+    parser = options.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("path", type=Path, nargs="?", help="an experiment folder or its model.pth")
+    parser.add_argument(
+        "--exact",
+        action="store_true",
+        help="with --dataset, no run: the exact denoiser's NLL, the solver's floor",
+    )
+    parser.add_argument("--dataset", help="the dataset of --exact: a Datasaurus shape")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out draw")
+    parser.add_argument("--data_dir", help="folder holding DatasaurusDozen.tsv")
+    parser.add_argument(
+        "--steps", type=options.positive(int), default=STEPS, help="RK4 steps of the ODE"
+    )
+    args = parser.parse_args(argv)
+    if args.exact != (args.path is None) or args.exact != (args.dataset is not None):
+        parser.error("give an experiment folder, or --exact --dataset NAME without one")
+    try:
+        print("\n".join(report(args)))
+    except (options.UsageError, datasets.DatasetError) as err:
+        parser.error(str(err))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -160,3 +160,9 @@ def save_densities(
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
+
+
+def padded_limits(points: np.ndarray) -> list[float]:
+    """(xmin, xmax, ymin, ymax): the box of points (m, 2), widened by a fifth on every side."""
+    low, high = points.min(0), points.max(0)
+    return np.stack((low - 0.2 * (high - low), high + 0.2 * (high - low))).T.flatten().tolist()

@@ -95,8 +95,8 @@ def test_the_exact_denoiser_picks_each_points_class_and_the_whole_for_none():
 
 def method_of(*options):
     """A method built from the command line's defaults and `options`."""
-    config = ddpm.parse_config(list(options))
-    return ddpm.METHODS[config["method"]](config, sigma_data=2.0)
+    config = vars(ddpm.build_parser().parse_args(list(options)))
+    return ddpm.make_method(config, sigma_data=2.0)
 
 
 # (method options, sampler options) -> W2 ratio at most, precision and recall at least, measured

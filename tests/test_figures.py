@@ -1,5 +1,8 @@
 """Every kind of figure, drawn from a tiny run: valid images of the expected size."""
 
+import json
+
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -58,13 +61,13 @@ def test_forward_reverse_figures_and_the_animation(tiny_run, tmp_path):
 
 
 def test_the_headline_samples_picture_is_480_px_wide(tiny_run, tmp_path):
-    points = ddpm.np.load(tiny_run / "frames.npy")[-1]
+    points = np.load(tiny_run / "frames.npy")[-1]
     plots.save_samples(points, tmp_path / "samples.png", "moons")
     assert image_size(tmp_path / "samples.png") == ((480, 480), 1)
 
 
 def test_forward_process_ends_in_noise_and_reverse_process_ends_near_the_data(tiny_run):
-    config = ddpm.json.loads((tiny_run / "config.json").read_text())
+    config = json.loads((tiny_run / "config.json").read_text())
     forward = figures.forward_process(config)
     assert [t for t, _ in forward] == list(range(11))
     assert abs(forward[-1][1].std() - 1) < 0.1  # x_T ~ N(0, I)
@@ -99,9 +102,9 @@ def test_a_run_saved_before_an_option_existed_is_reused_when_that_option_is_at_i
     tmp_path,
 ):
     out = ablate.run_once(TINY, tmp_path)
-    config = ddpm.json.loads((out / "config.json").read_text())
+    config = json.loads((out / "config.json").read_text())
     del config["guidance_interval"]  # as written before --guidance_interval existed
-    (out / "config.json").write_text(ddpm.json.dumps(config))
+    (out / "config.json").write_text(json.dumps(config))
     trained_at = (out / "model.pth").stat().st_mtime_ns
     assert (
         ablate.run_once(TINY, tmp_path) == out
@@ -114,8 +117,8 @@ def test_a_run_saved_before_an_option_existed_is_reused_when_that_option_is_at_i
 
 
 def test_the_density_figure_has_a_column_per_model(tmp_path):
-    log_p = [ddpm.np.zeros((20, 20)) - k for k in range(3)]
-    points = [ddpm.np.random.default_rng(k).normal(size=(100, 2)) for k in range(3)]
+    log_p = [np.zeros((20, 20)) - k for k in range(3)]
+    points = [np.random.default_rng(k).normal(size=(100, 2)) for k in range(3)]
     plots.save_densities(log_p, points, ["data", "ddpm", "edm"], tmp_path / "density.png")
     width, height = round(3 * 2.4 * plots.DPI), round(2 * 2.4 * plots.DPI)
     assert image_size(tmp_path / "density.png") == ((width, height), 1)

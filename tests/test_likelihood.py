@@ -8,11 +8,10 @@ from functools import partial
 import pytest
 import torch
 from conftest import needs_datasaurus
-from test_methods import CONFIG, TINY
+from test_methods import TINY
 
 import datasets
 import ddpm
-import evaluate
 import exact
 import likelihood
 
@@ -82,23 +81,23 @@ def test_the_exact_dino_denoiser_has_a_kl_near_0():
 def test_the_sde_sampler_with_an_exact_denoiser_reproduces_a_gaussian():
     mean, std = torch.tensor([1.0, -0.5]), torch.tensor([0.5, 1.5])
     denoiser = exact.ExactDenoiser([exact.GaussianMixture([1.0], mean[None], std)])
-    method = ddpm.EDM(CONFIG, sigma_data=1.0)
+    method = ddpm.EDM(sigma_data=1.0, P_mean=-1.2, P_std=1.2, sigma_min=0.002, sigma_max=80.0)
     generator = torch.Generator().manual_seed(0)
     x = ddpm.sample(denoiser, method, 20000, generator, sampler="sde", num_inference_steps=300)
     assert torch.allclose(x.mean(0), mean, atol=0.03)
     assert torch.allclose(x.std(0), std, rtol=0.03)
 
 
-def test_evaluate_nll_of_a_trained_run_prints_the_line(tmp_path, capsys):
+def test_the_nll_of_a_trained_run_prints_the_line(tmp_path, capsys):
     assert ddpm.main([*TINY, "--exps_dir", str(tmp_path), "--experiment_name", "tiny"]) == 0
     capsys.readouterr()
-    assert evaluate.main([str(tmp_path / "tiny"), "--nll", "--nll_steps", "4"]) == 0
+    assert likelihood.main([str(tmp_path / "tiny"), "--steps", "4"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert re.fullmatch(r"NLL -?\d+\.\d{3} nats per point \(held-out, n = 1000\)", first), first
 
 
-def test_evaluate_nll_exact_refuses_a_dataset_without_a_closed_form_density(capsys):
+def test_the_exact_nll_refuses_a_dataset_without_a_closed_form_density(capsys):
     with pytest.raises(SystemExit) as refused:
-        evaluate.main(["--nll", "--exact", "--dataset", "moons"])
+        likelihood.main(["--exact", "--dataset", "moons"])
     assert refused.value.code == 2
     assert "closed-form density" in capsys.readouterr().err

@@ -6,7 +6,10 @@ import math
 import pytest
 import torch
 
+import checkpoints
+import datasets
 import ddpm
+import run_folder
 
 CONFIG = {
     "beta_schedule": "cosine",
@@ -20,7 +23,7 @@ CONFIG = {
 
 
 def methods():
-    return {name: ddpm.METHODS[name](CONFIG, sigma_data=0.5) for name in ddpm.METHODS}
+    return {name: ddpm.make_method(CONFIG | {"method": name}, 0.5) for name in ddpm.METHODS}
 
 
 def noise_level(name, method, time_in):
@@ -216,7 +219,8 @@ TINY = [
 @pytest.mark.parametrize("method", list(ddpm.METHODS))
 def test_each_method_trains_resumes_and_samples_with_every_sampler(method, tmp_path, monkeypatch):
     run = [*TINY, "--method", method, "--exps_dir", str(tmp_path)]
-    monkeypatch.setattr(ddpm.StopOnCtrlC, "requested", True)  # as if Ctrl-C in the first epoch
+    # as if Ctrl-C in the first epoch
+    monkeypatch.setattr(run_folder.StopOnCtrlC, "requested", True)
     with pytest.raises(SystemExit) as stopped:
         ddpm.main([*run, "--experiment_name", "run"])
     assert stopped.value.code == 130
@@ -232,7 +236,7 @@ def test_each_method_trains_resumes_and_samples_with_every_sampler(method, tmp_p
         sample += ["--grid", "karras"] if (method, sampler) == ("ddpm", "heun") else []
 
         assert ddpm.main([*run, *sample, "--experiment_name", sampler]) == 0
-        metrics = ddpm.json.loads((tmp_path / sampler / "metrics.json").read_text())
+        metrics = json.loads((tmp_path / sampler / "metrics.json").read_text())
         assert metrics["nfe"] == ddpm.nfe(sampler, 10) and metrics["w2_ratio"] > 0
 
 
@@ -241,7 +245,7 @@ def test_edm_measures_sigma_data_and_keeps_it_in_the_checkpoint(tmp_path):
     assert ddpm.main([*run, "--experiment_name", "measured"]) == 0
     assert ddpm.main([*run, "--experiment_name", "given", "--sigma_data", "0.5"]) == 0
     measured, given = (torch.load(tmp_path / n / "model.pth") for n in ("measured", "given"))
-    data = torch.from_numpy(ddpm.datasets.load("moons").train_set()[0])
+    data = torch.from_numpy(datasets.load("moons").train_set()[0])
     assert measured["sigma_data"] == pytest.approx(data.std().item()) and given["sigma_data"] == 0.5
 
 
@@ -267,5 +271,5 @@ def test_the_activation_is_kept_in_the_checkpoint_and_old_checkpoints_mean_gelu(
     checkpoint = torch.load(path)
     del checkpoint["config"]["activation"]  # as saved before --activation existed
     torch.save(checkpoint, tmp_path / "old.pth")
-    old = ddpm.load_checkpoint(tmp_path / "old.pth", torch.device("cpu"))
+    old = checkpoints.load(tmp_path / "old.pth", torch.device("cpu"))
     assert old["config"]["activation"] == "gelu"

@@ -1,5 +1,7 @@
 """Your own points files, every Datasaurus shape, classes and classifier-free guidance."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -116,9 +118,7 @@ def test_moons_classes_are_its_two_moons():
 
 
 def cosine_ddpm(T=10):
-    return ddpm.DDPM(
-        ddpm.parse_config(["--beta_schedule", "cosine", "--num_timesteps", str(T)]), 1.0
-    )
+    return ddpm.DDPM(ddpm.cosine_betas(T), sigma_min=0.002, sigma_max=10.0)
 
 
 class SpyModel(torch.nn.Module):
@@ -241,7 +241,7 @@ def test_a_conditional_run_on_own_data_samples_every_class_in_its_units(tmp_path
     assert (
         checkpoint["classes"] == ["left", "right"] and abs(checkpoint["shift"][0].item() - 120) < 1
     )
-    metrics = ddpm.json.loads((tmp_path / "base" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "base" / "metrics.json").read_text())
     assert set(metrics["per_class"]) == {"left", "right"} and metrics["class_leakage"] < 0.05
 
     assert (
@@ -270,6 +270,7 @@ def test_a_conditional_run_on_own_data_samples_every_class_in_its_units(tmp_path
     )
     right = np.load(tmp_path / "right" / "frames.npy")[-1]
     assert abs(right[:, 0].mean() - 140) < 5
-    assert ddpm.json.loads((tmp_path / "right" / "config.json").read_text())[
-        "guidance_interval"
-    ] == [0.0, 0.5]
+    assert json.loads((tmp_path / "right" / "config.json").read_text())["guidance_interval"] == [
+        0.0,
+        0.5,
+    ]

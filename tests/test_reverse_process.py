@@ -70,9 +70,10 @@ def test_clipping_keeps_the_predicted_x0_inside_the_data_box():
     assert torch.equal(x_0, torch.tensor([[1.0, -2.0], [0.5, 0.5]]))
 
 
-def test_inference_timesteps_span_T_minus_1_to_0():
-    assert ddpm.inference_timesteps(50) == list(range(49, -1, -1))
-    assert ddpm.inference_timesteps(50, 5) == [49, 37, 24, 12, 0]
+def test_the_timesteps_grid_spans_T_minus_1_to_0():
+    sigmas = torch.arange(50.0)  # sigma_t = t, t = 0..49
+    assert ddpm.timesteps_grid(50, sigmas).tolist() == list(range(49, -1, -1))
+    assert ddpm.timesteps_grid(5, sigmas).tolist() == [49, 37, 24, 12, 0]
 
 
 class OracleEps(torch.nn.Module):
@@ -88,9 +89,7 @@ class OracleEps(torch.nn.Module):
 
 
 def linear_ddpm(T=50):
-    return ddpm.DDPM(
-        ddpm.parse_config(["--beta_schedule", "linear", "--num_timesteps", str(T)]), 1.0
-    )
+    return ddpm.DDPM(ddpm.linear_betas(T), sigma_min=0.002, sigma_max=10.0)
 
 
 def test_ddim_with_all_steps_and_eta_0_is_deterministic_and_finds_a_point_mass():

@@ -14,7 +14,9 @@ import pytest
 import torch
 from conftest import PROJECT_DIR, needs_datasaurus
 
+import checkpoints
 import ddpm
+import run_folder
 
 TINY = [
     "--dataset",
@@ -305,7 +307,7 @@ def test_a_failed_write_leaves_the_previous_file_whole(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        ddpm.write_atomically(path, crash)
+        run_folder.write_atomically(path, crash)
     assert path.read_bytes() == b"the previous checkpoint"
     assert list(tmp_path.iterdir()) == [path]
 
@@ -429,7 +431,7 @@ def test_an_experiment_name_that_is_a_file_is_refused_before_training(
 
 def full_disk(folder):
     """A write_atomically that fails as a full disk does for every file under `folder`."""
-    write = ddpm.write_atomically
+    write = run_folder.write_atomically
 
     def write_or_fail(path, content):
         if folder in path.parents:
@@ -440,7 +442,7 @@ def full_disk(folder):
 
 
 def test_a_full_disk_is_found_before_training(capsys, tmp_path, monkeypatch, no_training):
-    monkeypatch.setattr(ddpm, "write_atomically", full_disk(tmp_path))
+    monkeypatch.setattr(run_folder, "write_atomically", full_disk(tmp_path))
     code, err = cli(capsys, *TINY, "--exps_dir", str(tmp_path / "exps"))
     assert_one_line_error(code, err, "cannot write outputs to", "No space left on device")
     assert not no_training
@@ -484,7 +486,7 @@ def test_points_without_spread_are_refused_before_training(
 
 def break_after_training(monkeypatch, out_dir, how, status="done"):
     """Once training is over, make out_dir refuse writes: replaced by a file, or a full disk."""
-    train = ddpm.Run.train
+    train = ddpm.train
 
     def train_then_break(run):
         train(run)
@@ -492,10 +494,10 @@ def break_after_training(monkeypatch, out_dir, how, status="done"):
             shutil.rmtree(out_dir)
             out_dir.write_text("")
         else:
-            monkeypatch.setattr(ddpm, "write_atomically", full_disk(out_dir))
+            monkeypatch.setattr(run_folder, "write_atomically", full_disk(out_dir))
         return status
 
-    monkeypatch.setattr(ddpm.Run, "train", train_then_break)
+    monkeypatch.setattr(ddpm, "train", train_then_break)
 
 
 @pytest.mark.parametrize(
@@ -515,7 +517,7 @@ def test_a_write_error_after_training_saves_the_model_elsewhere_and_says_where(
         code, err, phrase, f"could not write outputs to {out_dir}", exit_code=exit_code
     )
     assert f"the trained model is saved at {saved}: sample it with --checkpoint {saved}" in err
-    assert ddpm.load_checkpoint(saved, torch.device("cpu"))["epoch"] == 3
+    assert checkpoints.load(saved, torch.device("cpu"))["epoch"] == 3
     monkeypatch.undo()
     code, err = cli(
         capsys,
@@ -542,7 +544,7 @@ def test_without_a_writable_temp_folder_the_model_is_saved_in_the_current_one(
     code, err = cli(capsys, *TINY, "--exps_dir", str(tmp_path / "exps"))
     saved = tmp_path / f"tiny-diffusion-base-{os.getpid()}.pth"
     assert_one_line_error(code, err, f"the trained model is saved at {saved}", exit_code=1)
-    assert ddpm.load_checkpoint(saved, torch.device("cpu"))["epoch"] == 3
+    assert checkpoints.load(saved, torch.device("cpu"))["epoch"] == 3
 
 
 def test_a_write_error_after_divergence_is_one_line(capsys, tmp_path, monkeypatch):

@@ -7,14 +7,15 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.flop_counter import FlopCounterMode
 
 import bench
+import datasets
 import ddpm
 
-CONFIG = ddpm.parse_config(["--hidden_size", "32", "--embedding_size", "16"])
+CONFIG = vars(ddpm.build_parser().parse_args(["--hidden_size", "32", "--embedding_size", "16"]))
 
 
 def train_steps(model, optimizer, steps=20):
     """Plain AdamW steps on L_simple; yields after each one."""
-    method = ddpm.DDPM(CONFIG, sigma_data=1.0)
+    method = ddpm.make_method(CONFIG | {"method": "ddpm"}, sigma_data=1.0)
     torch.manual_seed(1)
     for _ in range(steps):
         loss = ddpm.loss_fn(model, method, torch.randn(64, 2))
@@ -55,7 +56,7 @@ def test_fused_adamw_matches_the_per_tensor_loop_to_float_tolerance():
 
 def test_bench_counts_the_flops_torch_counts_in_a_training_step():
     torch.manual_seed(0)
-    run = ddpm.Run(CONFIG | {"num_epochs": 1}, torch.randn(100, 2))
+    run = ddpm.make_run(CONFIG | {"num_epochs": 1}, datasets.load("line"))
     x_0 = torch.randn(64, 2)
     with FlopCounterMode(display=False) as counter:
         ddpm.loss_fn(run.model, run.method, x_0).backward()

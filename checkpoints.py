@@ -1,0 +1,183 @@
+"""What a run's model.pth holds, and how a run continues (--resume) or starts from another run's
+model (--checkpoint, e.g. with --num_epochs 0 to sample it again).
+
+A checkpoint is a plain dict of tensors, numbers and the run's config, loaded with
+torch.load(weights_only=True); its config fields that say what model it is (MODEL_FIELDS) win
+over the command line's defaults, and a typed value that differs is refused.
+"""
+
+from pathlib import Path
+
+import torch
+
+import datasets
+import options
+import run_folder
+
+# What the model is: taken from a checkpoint's config when sampling it again.
+MODEL_FIELDS = (
+    "dataset",
+    "method",
+    "sigma_data",
+    "num_timesteps",
+    "beta_schedule",
+    "embedding_size",
+    "hidden_size",
+    "hidden_layers",
+    "activation",
+    "time_embedding",
+    "input_embedding",
+    "input_scale",
+)
+# Where and how, not what, is trained: never taken from a resumed run's config.
+RUN_FIELDS = (
+    "experiment_name",
+    "exps_dir",
+    "data_dir",
+    "device",
+    "checkpoint",
+    "resume",
+    "overwrite",
+)
+CHECKPOINT_KEYS = {
+    "config",
+    "epoch",
+    "model",
+    "ema",
+    "optimizer",
+    "lr_schedule",
+    "rng",
+    "clip_range",
+    "losses",
+    "frames",
+    "frame_epochs",
+    "classes",
+    "shift",
+    "scale",
+}
+# What a config saved before these options existed meant, whatever their defaults are now.
+LEGACY_CONFIG = {"method": "ddpm", "sigma_data": None, "input_scale": 25.0, "activation": "gelu"}
+LEGACY_CONFIG["denoiser"] = "mlp"
+
+
+def state_of(run) -> dict:
+    """The checkpoint of a ddpm.Run: everything it needs to continue where it is."""
+    steps = run.epoch * run.batches_per_epoch
+    return {
+        "config": run.config,
+        "epoch": run.epoch,
+        "model": run.model.state_dict(),
+        "ema": run.ema.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "lr_schedule": run.lr_schedule.state_dict() if run.lr_schedule else None,
+        "rng": torch.get_rng_state(),
+        "clip_range": run.clip_range.cpu(),
+        "losses": run.losses[:steps].cpu(),
+        "frames": torch.stack(run.frames)
+        if run.frames
+        else torch.zeros(0, run.config["eval_batch_size"], 2),
+        "frame_epochs": run.frame_epochs,
+        "classes": run.classes,
+        "shift": run.shift,
+        "scale": run.scale,
+        "sigma_data": run.sigma_data,
+    }
+
+
+def restore(run, checkpoint: dict, resume: bool) -> None:
+    """Load a checkpoint's weights into a new ddpm.Run; to resume, also its optimizer, random
+    state, losses and frames, so that it goes on as if never stopped."""
+    run.model.load_state_dict(checkpoint["model"])
+    run.ema.load_state_dict(checkpoint["ema"])
+    run.clip_range = checkpoint["clip_range"].to(run.data.device)
+    if not resume:
+        return
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    if run.lr_schedule:
+        run.lr_schedule.load_state_dict(checkpoint["lr_schedule"])
+    torch.set_rng_state(checkpoint["rng"].cpu())
+    run.epoch = checkpoint["epoch"]
+    run.losses[: len(checkpoint["losses"])] = checkpoint["losses"]
+    run.frames, run.frame_epochs = (
+        list(checkpoint["frames"].cpu()),
+        list(checkpoint["frame_epochs"]),
+    )
+
+
+def load(path: Path, device: torch.device) -> dict:
+    if not path.is_file():
+        raise options.UsageError(f"checkpoint {path} not found")
+    try:
+        # map_location: a CUDA checkpoint loads on a CPU
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:
+        raise options.UsageError(
+            f"{path} is not a tiny-diffusion checkpoint ({type(err).__name__}); "
+            "give the model.pth of a run"
+        ) from None
+    if not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= checkpoint.keys():
+        raise options.UsageError(
+            f"{path} is not a tiny-diffusion checkpoint (it lacks its keys); "
+            "give the model.pth of a run"
+        )
+    checkpoint["config"] = LEGACY_CONFIG | checkpoint["config"]
+    return checkpoint
+
+
+def merge_config(config: dict, explicit: dict, saved: dict, fields) -> dict:
+    """Take `fields` from the checkpoint's config; refuse if the user asked for other values."""
+    differ = [field for field in fields if field in explicit and explicit[field] != saved[field]]
+    if differ:
+        asked = ", ".join(f"{field}={explicit[field]}" for field in differ)
+        had = ", ".join(f"{field}={saved[field]}" for field in differ)
+        raise options.UsageError(
+            f"the checkpoint has {had} but you asked for {asked}: drop those options or use "
+            "another checkpoint"
+        )
+    return config | {field: saved[field] for field in fields}
+
+
+def starting_point(config: dict, explicit: dict, device: torch.device) -> tuple[dict, dict | None]:
+    """(config, checkpoint) of a run: a fresh one (no checkpoint), --resume of the run in
+    <exps_dir>/<experiment_name>, or a new run from --checkpoint's model."""
+    out_dir = Path(config["exps_dir"]) / config["experiment_name"]
+    if config["resume"]:
+        if config["checkpoint"]:
+            raise options.UsageError(
+                "--resume continues <experiment_name>; do not give --checkpoint with it"
+            )
+        checkpoint = load(out_dir / "model.pth", device)
+        fields = [field for field in checkpoint["config"] if field not in RUN_FIELDS]
+        config = merge_config(config, explicit, checkpoint["config"], fields)
+        if checkpoint["epoch"] >= config["num_epochs"]:
+            raise options.UsageError(
+                f"{out_dir} finished all {config['num_epochs']} epochs: nothing to resume"
+            )
+        return config, checkpoint
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not config["overwrite"]:
+        raise options.UsageError(
+            f"{out_dir} already holds a run: pass --overwrite to replace it, --resume to "
+            "continue it, or choose another --experiment_name"
+        )
+    if not config["checkpoint"]:
+        return config, None
+    checkpoint = load(Path(config["checkpoint"]), device)
+    return merge_config(config, explicit, checkpoint["config"], MODEL_FIELDS), checkpoint
+
+
+def prepare(parser, argv, sampling_options) -> tuple[dict, datasets.Dataset, dict | None]:
+    """The checked config of a command line, its dataset and the checkpoint to start from
+    (sampling_options: ddpm's, a config's sampler settings). Only when every check has passed is
+    anything of the run it replaces removed."""
+    config, explicit = options.check_command_line(parser, argv)
+    device = options.resolve_device(config["device"])
+    out_dir = Path(config["exps_dir"]) / config["experiment_name"]
+    replacing = not config["resume"] and out_dir.is_dir() and any(out_dir.iterdir())
+    config, checkpoint = starting_point(config, explicit, device)
+    options.check_grid(config, sampling_options(config))
+    dataset = datasets.load(config["dataset"], config["data_dir"])  # the checkpoint's, if any
+    options.check_dataset(config, dataset)
+    run_folder.check_writable(out_dir)
+    if replacing:
+        run_folder.clear(out_dir)
+    return config, dataset, checkpoint

@@ -1,0 +1,494 @@
+"""Every option of `python ddpm.py`: its help, type and range, and the checks a command line
+must pass before a run starts (the device, the machine's memory), so that bad input ends in one
+line. ddpm.py passes in the names it defines (methods, schedules, samplers, grids): this module
+never imports it.
+"""
+
+import argparse
+import math
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+import datasets
+from positional_embeddings import INPUT_EMBEDDINGS, TIME_EMBEDDINGS
+
+PROJECT_DIR = Path(__file__).resolve().parent
+
+
+class UsageError(Exception):
+    """Bad input from the user: the message says what is wrong and how to fix it."""
+
+
+class TrainingError(Exception):
+    """Training stopped early; what was done so far is saved."""
+
+
+def one_line(message: str) -> str:
+    """The message with its line breaks escaped: a typed name may hold a newline."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
+
+
+def finite(kind):
+    """An argparse type: a number of this kind, never nan or inf."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+# Counts and sizes above this are typos, and some would overflow torch's 64-bit sizes unchecked.
+LARGEST_INT = 2**31 - 1
+
+
+def positive(kind):
+    number = finite(kind)
+
+    def parse(text: str):
+        value = number(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if kind is int and value > LARGEST_INT:
+            raise argparse.ArgumentTypeError(f"must be at most {LARGEST_INT}, got {text}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def build_parser(choices: dict) -> ArgumentParser:
+    """The parser of `python ddpm.py`. choices: the names ddpm.py defines for --method,
+    --beta_schedule, --flow_t, --activation, --sampler and --grid, keyed by option."""
+    parser = ArgumentParser(
+        prog="ddpm.py",
+        description="Train a DDPM on a 2D point cloud, sample it, and score the samples.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--experiment_name",
+        default="base",
+        help="outputs go to <exps_dir>/<experiment_name>/; an existing run is never replaced "
+        "without --overwrite",
+    )
+    parser.add_argument(
+        "--exps_dir", default=str(PROJECT_DIR / "exps"), help="folder holding all experiments"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing run of the same name"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run <experiment_name> where it stopped",
+    )
+    parser.add_argument(
+        "--dataset",
+        default="dino",
+        help=(
+            f"the point cloud to learn: one of {', '.join(datasets.DATASETS)}; several names "
+            "joined by commas (each one a class, e.g. dino,star,bullseye); or your own "
+            ".csv/.tsv/.npy file with columns x,y (else its first two numeric columns) and an "
+            "optional label (or class) column. moons has two classes, its two moons. "
+            "`--dataset list` prints the names"
+        ),
+    )
+    parser.add_argument(
+        "--data_dir",
+        default=None,
+        help=f"folder holding {datasets.DATASAURUS_FILE} (or set {datasets.DATA_DIR_ENV}); "
+        "default: static/, downloaded once",
+    )
+    parser.add_argument(
+        "--train_batch_size", type=positive(int), default=256, help="points per optimisation step"
+    )
+    parser.add_argument(
+        "--eval_batch_size",
+        type=positive(int),
+        default=1000,
+        help="points sampled for each frame and for the evaluation",
+    )
+    parser.add_argument(
+        "--num_epochs",
+        type=int,
+        default=150,
+        help="passes over the 8000 training points (0: only sample --checkpoint)",
+    )
+    parser.add_argument(
+        "--learning_rate", type=positive(float), default=2e-3, help="AdamW learning rate"
+    )
+    parser.add_argument(
+        "--lr_decay",
+        default="cosine",
+        choices=("none", "cosine"),
+        help="learning-rate schedule over the run",
+    )
+    parser.add_argument(
+        "--method",
+        default="edm",
+        choices=choices["method"],
+        help="training objective: ddpm (Ho et al. 2020, predicts eps), flow (flow matching, "
+        "predicts eps - x_0) or edm (Karras et al. 2022, preconditioned denoiser)",
+    )
+    parser.add_argument(
+        "--num_timesteps",
+        type=positive(int),
+        default=50,
+        help="T, the number of diffusion steps (ddpm); the default number of sampling steps",
+    )
+    parser.add_argument(
+        "--beta_schedule",
+        default="cosine",
+        choices=choices["beta_schedule"],
+        help="how beta_t grows with t",
+    )
+    parser.add_argument(
+        "--flow_t",
+        default="uniform",
+        choices=choices["flow_t"],
+        help="flow: how training draws t in (0, 1), uniform or logit-normal (Esser et al. 2024)",
+    )
+    parser.add_argument(
+        "--P_mean",
+        type=finite(float),
+        default=-2.0,
+        help="edm: mean of ln sigma in training (Karras et al. use -1.2 for images; lower puts "
+        "more training on the fine detail of these shapes)",
+    )
+    parser.add_argument(
+        "--P_std", type=positive(float), default=1.5, help="edm: std of ln sigma in training"
+    )
+    parser.add_argument(
+        "--sigma_data",
+        type=positive(float),
+        default=None,
+        help="edm: the data's standard deviation in the preconditioning (default: measured "
+        "from the training data)",
+    )
+    parser.add_argument(
+        "--embedding_size",
+        type=positive(int),
+        default=128,
+        help="width of each sinusoidal/learnable embedding (even, at least 4, for sinusoidal)",
+    )
+    parser.add_argument("--hidden_size", type=positive(int), default=128, help="width of the MLP")
+    parser.add_argument(
+        "--hidden_layers", type=positive(int), default=3, help="residual blocks in the MLP"
+    )
+    parser.add_argument(
+        "--activation", default="gelu", choices=choices["activation"], help="the MLP's nonlinearity"
+    )
+    parser.add_argument(
+        "--time_embedding", default="sinusoidal", choices=TIME_EMBEDDINGS, help="how the MLP sees t"
+    )
+    parser.add_argument(
+        "--input_embedding",
+        default="sinusoidal",
+        choices=INPUT_EMBEDDINGS,
+        help="how the MLP sees x and y",
+    )
+    parser.add_argument(
+        "--input_scale",
+        type=positive(float),
+        default=200.0,
+        help="the highest frequency of the sinusoidal embedding of x and y, in radians per unit "
+        "of the data as trained (Tancik et al. 2020's Fourier-feature scale): higher lets the MLP "
+        "draw finer detail",
+    )
+    parser.add_argument(
+        "--cond_drop_prob",
+        type=finite(float),
+        default=0.1,
+        help="for datasets with classes: how often training hides the class, so the model also "
+        "learns p(x) for guidance",
+    )
+    parser.add_argument(
+        "--class_label",
+        default=None,
+        help="sample only this class (default: every class in its share of the data)",
+    )
+    parser.add_argument(
+        "--guidance_scale",
+        type=finite(float),
+        default=1.0,
+        help="classifier-free guidance scale s: 1 plain conditional, >1 sharper classes, "
+        "0 unconditional",
+    )
+    parser.add_argument(
+        "--guidance_interval",
+        type=finite(float),
+        nargs=2,
+        default=[0.0, 1.0],
+        metavar=("LO", "HI"),
+        help=(
+            "guide only the steps from x_t with LO < t/T <= HI, s = 1 elsewhere "
+            "(Kynkäänniemi et al. 2024); t/T runs from 1/T, nearly clean, to 1, pure noise"
+        ),
+    )
+    parser.add_argument(
+        "--ema_decay",
+        type=finite(float),
+        default=0.995,
+        help="decay of the moving average of the weights used for sampling, in [0, 1)",
+    )
+    parser.add_argument(
+        "--denoiser",
+        default="mlp",
+        choices=("mlp", "exact"),
+        help="exact: no training; sample with the true distribution's E[x_0 | x_t] (exact.py), "
+        "the limit any network can reach with these sampler options",
+    )
+    parser.add_argument(
+        "--sampler",
+        default=None,
+        choices=choices["sampler"],
+        help="ancestral DDPM steps, DDIM steps (--eta), or EDM's Euler or Heun steps of the "
+        "probability-flow ODE (Heun: 2 network evaluations per step but the last), or "
+        "Euler-Maruyama steps of the reverse-time SDE (sde) (default: the method's own: ddpm for "
+        "ddpm, heun for flow and edm)",
+    )
+    parser.add_argument(
+        "--grid",
+        default=None,
+        choices=choices["grid"],
+        help="the noise levels of the sampling steps: DDPM's trained timesteps (ddpm only), "
+        "the rho = 7 grid between --sigma_max and --sigma_min, or even steps in flow's t "
+        "(default: the method's own: timesteps, uniform_t, karras)",
+    )
+    parser.add_argument(
+        "--num_inference_steps",
+        type=positive(int),
+        default=None,
+        help="sampling steps, on the timesteps grid a subset of the T timesteps (default: the "
+        "method's own: all T for ddpm, 12 for flow and edm)",
+    )
+    parser.add_argument(
+        "--sigma_min",
+        type=positive(float),
+        default=0.002,
+        help="flow and edm: the last noise level > 0 of the karras grid (below the dino's "
+        "jitter, 0.011)",
+    )
+    parser.add_argument(
+        "--sigma_max",
+        type=positive(float),
+        default=10.0,
+        help="flow and edm: the first noise level of a chain (ddpm: its own sigma_T)",
+    )
+    parser.add_argument(
+        "--s_churn",
+        type=finite(float),
+        default=0.0,
+        help="stochastic churn of Karras et al. 2022, Alg. 2: noise added back before each "
+        "step (0: none)",
+    )
+    parser.add_argument(
+        "--init_noise",
+        default="scaled",
+        choices=("scaled", "unscaled"),
+        help="start from sigma_max * eps (scaled) or from eps (unscaled, Diamond's sampler)",
+    )
+    parser.add_argument(
+        "--eta",
+        type=finite(float),
+        default=0.7,
+        help="DDIM's eta in [0, 1]: 0 deterministic, 1 as noisy as DDPM (0.7 measured best at "
+        "20 steps, see README)",
+    )
+    parser.add_argument(
+        "--no_clip_x0",
+        dest="clip_x0",
+        action="store_false",
+        help="do not clip the predicted x_0 to the data's range",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="start from this model.pth (with --num_epochs 0: only sample and evaluate)",
+    )
+    parser.add_argument(
+        "--save_images_step",
+        type=positive(int),
+        default=10,
+        help="save a frame every this many epochs",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="same seed and device give identical losses and samples"
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="auto: cuda when available",
+    )
+    return parser
+
+
+def explicit_options(parser: argparse.ArgumentParser, argv) -> dict:
+    """The options the user typed, without the defaults."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv))
+
+
+def check_config(config: dict) -> None:
+    if config["num_epochs"] < 0 or (config["num_epochs"] == 0 and not config["checkpoint"]):
+        raise UsageError("--num_epochs must be positive (or 0 with --checkpoint, to only sample)")
+    sinusoidal = "sinusoidal" in (config["time_embedding"], config["input_embedding"])
+    if sinusoidal and (config["embedding_size"] < 4 or config["embedding_size"] % 2):
+        raise UsageError(
+            "--embedding_size must be even and at least 4 for sinusoidal embeddings, "
+            f"got {config['embedding_size']}"
+        )
+    if not config["sigma_min"] < config["sigma_max"]:
+        raise UsageError(
+            "--sigma_min must be below --sigma_max, got "
+            f"{config['sigma_min']:g} and {config['sigma_max']:g}"
+        )
+    if config["s_churn"] < 0:
+        raise UsageError(f"--s_churn must be at least 0, got {config['s_churn']:g}")
+    if not 0 <= config["ema_decay"] < 1:
+        raise UsageError(f"--ema_decay must be in [0, 1), got {config['ema_decay']}")
+    if not 0 <= config["eta"] <= 1:
+        raise UsageError(f"--eta must be in [0, 1], got {config['eta']}")
+    if not 0 <= config["cond_drop_prob"] <= 1:
+        raise UsageError(f"--cond_drop_prob must be in [0, 1], got {config['cond_drop_prob']}")
+    if config["guidance_scale"] < 0:
+        raise UsageError(f"--guidance_scale must be at least 0, got {config['guidance_scale']}")
+    if not 0 <= config["seed"] < 2**32:
+        raise UsageError(f"--seed must be in [0, 2**32), got {config['seed']}")
+    lo, hi = config["guidance_interval"]
+    if not 0 <= lo < hi <= 1:
+        raise UsageError(f"--guidance_interval LO HI needs 0 <= LO < HI <= 1, got {lo:g} {hi:g}")
+    name = config["experiment_name"]
+    if not name or name in (".", "..") or any(sep in name for sep in "/\\") or name.startswith("."):
+        raise UsageError(
+            "--experiment_name must be a plain folder name (no path separators, no leading "
+            f"dot), got {name!r}"
+        )
+
+
+def check_command_line(parser: argparse.ArgumentParser, argv) -> tuple[dict, dict]:
+    """(config, the options typed) of a command line, checked on their own."""
+    config, explicit = vars(parser.parse_args(argv)), explicit_options(parser, argv)
+    check_config(config)
+    if config["denoiser"] == "exact":  # nothing to train or load
+        if {"num_epochs", "checkpoint", "resume"} & explicit.keys():
+            raise UsageError(
+                "--denoiser exact trains nothing: drop --num_epochs/--checkpoint/--resume"
+            )
+        config["num_epochs"] = 0
+    return config, explicit
+
+
+def check_grid(config: dict, sampling: dict) -> None:
+    """The sampler's grid (sampling: ddpm.sampling_options) against the model: checked once a
+    checkpoint's config is merged."""
+    grid, steps = sampling["grid"], sampling["num_inference_steps"]
+    if grid == "timesteps" and config["method"] != "ddpm":
+        raise UsageError(f"--grid timesteps needs --method ddpm, got --method {config['method']}")
+    if grid == "timesteps" and sampling["sampler"] == "heun":
+        # Its first step spans sigma ~ 1e3-2e4 down to ~ 15, where Heun's average of the two
+        # slopes overshoots; DDPM's and DDIM's steps are exact there.
+        raise UsageError("--sampler heun needs a grid that starts lower: add --grid karras")
+    if grid == "timesteps" and steps > config["num_timesteps"]:
+        raise UsageError(
+            f"--num_inference_steps {steps} is more than the {config['num_timesteps']} "
+            "training timesteps"
+        )
+
+
+def check_dataset(config: dict, dataset: datasets.Dataset) -> None:
+    """What depends on the dataset and the machine: the class asked for, the memory needed."""
+    if config["class_label"] is not None and config["class_label"] not in dataset.classes:
+        raise UsageError(
+            f"--class_label {config['class_label']!r} is not a class of {dataset.name}: "
+            f"its classes are {', '.join(dataset.classes) or 'none'}"
+        )
+    if resolve_device(config["device"]).type == "cpu" and hasattr(os, "sysconf"):
+        check_memory(config)  # on a GPU torch raises its out-of-memory error in time
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda, but this machine has no CUDA device: use --device cpu")
+    return torch.device(name)
+
+
+def check_memory(config: dict) -> None:
+    """Refuse a CPU run whose largest tensors alone outgrow the machine's memory: past it the
+    kernel kills the process part way, where torch cannot raise. A lower bound, in bytes."""
+    hidden, eval_points = config["hidden_size"], config["eval_batch_size"]
+    batch = max(config["train_batch_size"], eval_points)
+    width = 3 * config["embedding_size"] + (config["hidden_layers"] + 1) * hidden
+    frames = config["num_epochs"] // config["save_images_step"] + 1
+    needed = {
+        # the inputs and activations of one forward pass, float32
+        "--train_batch_size or --eval_batch_size": 4 * batch * width,
+        # weights, gradients, AdamW's two moments and the EMA
+        "--hidden_size or --hidden_layers": 5 * 4 * config["hidden_layers"] * hidden**2,
+        # the loss of every step (at least one an epoch) and every frame's points
+        "--num_epochs": 4 * config["num_epochs"] + 8 * frames * eval_points,
+        # DDPM's schedule: 3 float64 and 6 float32 tensors of T values
+        "--num_timesteps": 48 * config["num_timesteps"] if config["method"] == "ddpm" else 0,
+    }
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if sum(needed.values()) > available:
+        largest = max(needed, key=needed.get)
+        raise UsageError(
+            f"this run needs at least {sum(needed.values()) / 2**30:.0f} GiB at once and the "
+            f"machine has {available / 2**30:.0f} GiB: lower {largest}"
+        )
+
+
+def use_run_threads() -> None:
+    """One torch thread, unless OMP_NUM_THREADS asks for more: on an idle 2-core machine a second
+    thread shortens a step by only about a fifth, and on a busy one threads that wait for each
+    other make a step up to 10x slower."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+
+
+def is_out_of_memory(err: Exception) -> bool:
+    """An allocation the machine cannot make: torch's CPU allocator raises a plain RuntimeError."""
+    out_of_memory = (MemoryError, torch.OutOfMemoryError)
+    return isinstance(err, out_of_memory) or "can't allocate memory" in str(err)
+
+
+@contextmanager
+def errors_in_one_line(parser: argparse.ArgumentParser):
+    """End a run that cannot start or finish in one line: exit 2 for bad input, 1 for a failed
+    run or a full memory, 130 for Ctrl-C; any other error is a bug and keeps its traceback."""
+    try:
+        yield
+    except (UsageError, datasets.DatasetError) as err:
+        parser.error(str(err))
+    except TrainingError as err:
+        parser.exit(1, f"{parser.prog}: {one_line(str(err))}\n")
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        parser.exit(
+            1,
+            f"{parser.prog}: out of memory ({one_line(str(err).splitlines()[0])}): choose a "
+            "smaller --hidden_size, --embedding_size, --train_batch_size, --eval_batch_size, "
+            "--num_timesteps or --num_epochs\n",
+        )
+    except KeyboardInterrupt as err:
+        parser.exit(130, f"{parser.prog}: {one_line(str(err) or 'interrupted')}\n")
