@@ -18,9 +18,12 @@ from pathlib import Path
 import numpy as np
 
 import checkpoints
+import datasets
 import ddpm
 import evaluate
+import options
 import plots
+import run_folder
 from options import PROJECT_DIR
 
 STATIC_DIR = PROJECT_DIR / "static"
@@ -78,9 +81,9 @@ def score(out: Path) -> dict:
     labels = np.load(out / "frame_labels.npy") if (out / "frame_labels.npy").is_file() else None
     samples = np.load(out / "frames.npy")[-1]
     metrics = json.loads((out / "metrics.json").read_text())
-    return metrics | evaluate.evaluate(
-        samples, config["dataset"], seed=config["seed"], data_dir=config["data_dir"], labels=labels
-    )
+    config = checkpoints.LEGACY_CONFIG | config  # a run from before an option existed
+    dataset = datasets.load(config["dataset"], config["data_dir"], config["held_out"])
+    return metrics | evaluate.evaluate(samples, dataset, seed=config["seed"], labels=labels)
 
 
 def sweep(
@@ -135,8 +138,18 @@ def write_table(rows: list[dict], stem: Path) -> str:
     return "\n".join(md)
 
 
+def check_sweep(param: str, values: list[str], extra: list[str]) -> None:
+    """Refuse a sweep before its first run if any of its command lines would be refused."""
+    parser = ddpm.build_parser()
+    names = vars(parser.parse_args([])).keys() - {"experiment_name", "exps_dir", "overwrite"}
+    if param not in names:
+        raise options.UsageError(f"{param!r} is not an option of ddpm.py to sweep")
+    for value in values:
+        options.check_command_line(parser, [*extra, f"--{param}", value])
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = options.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("param", help="a ddpm.py option, without its dashes (e.g. learning_rate)")
@@ -145,10 +158,14 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--figure", type=Path, default=None, help="default: static/ablation_<param>.png"
     )
-    args, extra = parser.parse_known_args(
-        argv
-    )  # anything else goes to every ddpm.py run, e.g. --dataset moons
+    # anything else goes to every ddpm.py run, e.g. --dataset moons
+    args, extra = parser.parse_known_args(argv)
     figure = args.figure or STATIC_DIR / f"ablation_{args.param}.png"
+    try:
+        check_sweep(args.param, args.values, extra)
+        run_folder.check_writable(args.exps_dir)
+    except options.UsageError as err:
+        parser.error(str(err))
     rows = sweep(args.param, args.values, extra, args.exps_dir, figure)
     print(write_table(rows, args.exps_dir / "ablations" / args.param))
     print(f"grid: {figure}")

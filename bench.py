@@ -67,7 +67,7 @@ def step_matmuls(run: ddpm.Run, x_0: torch.Tensor) -> list[tuple[int, partial]]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = options.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
@@ -94,12 +94,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     options.use_run_threads()  # time the step as a run takes it
     B = args.train_batch_size
-
-    config = vars(
-        ddpm.build_parser().parse_args(
-            ["--dataset", "line", "--train_batch_size", str(B), *args.run_args.split()]
-        )
-    )
+    run_args = ["--dataset", "line", "--train_batch_size", str(B), *args.run_args.split()]
+    try:  # the --run_args are ddpm.py's options: checked as it checks them, in one line
+        config = options.check_command_line(ddpm.build_parser(), run_args)[0]
+    except options.UsageError as err:
+        parser.error(f"--run_args: {err}")
     run = ddpm.make_run(config, datasets.load("line"))
     data = run.data
     per_round = max(args.steps // ROUNDS, 1)

@@ -17,6 +17,7 @@ import run_folder
 # What the model is: taken from a checkpoint's config when sampling it again.
 MODEL_FIELDS = (
     "dataset",
+    "held_out",
     "method",
     "sigma_data",
     "num_timesteps",
@@ -57,7 +58,7 @@ CHECKPOINT_KEYS = {
 }
 # What a config saved before these options existed meant, whatever their defaults are now.
 LEGACY_CONFIG = {"method": "ddpm", "sigma_data": None, "input_scale": 25.0, "activation": "gelu"}
-LEGACY_CONFIG["denoiser"] = "mlp"
+LEGACY_CONFIG |= {"denoiser": "mlp", "held_out": 0.0}  # a file's runs trained on every row
 
 
 def state_of(run) -> dict:
@@ -175,7 +176,8 @@ def prepare(parser, argv, sampling_options) -> tuple[dict, datasets.Dataset, dic
     replacing = not config["resume"] and out_dir.is_dir() and any(out_dir.iterdir())
     config, checkpoint = starting_point(config, explicit, device)
     options.check_grid(config, sampling_options(config))
-    dataset = datasets.load(config["dataset"], config["data_dir"])  # the checkpoint's, if any
+    # the checkpoint's, if any
+    dataset = datasets.load(config["dataset"], config["data_dir"], config["held_out"])
     options.check_dataset(config, dataset)
     run_folder.check_writable(out_dir)
     if replacing:

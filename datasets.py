@@ -1,12 +1,12 @@
 """The 2D point clouds we learn: dino, moons, line and circle, as in the original tiny-diffusion.
 
-Every dataset is a function `(n, rng) -> (n, 2) float32 array`, so the training set and
-the evaluation's independent reference draws come from the same distribution.
+Every built-in dataset is a function `(n, rng) -> (n, 2) float32 array`, so the training set and
+the evaluation's independent reference draws come from the same distribution. A file has only
+its rows: a fixed share of them is held out of training, and the scores use those alone.
 """
 
 import hashlib
 import os
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +14,9 @@ import pandas as pd
 
 TRAIN_SIZE, TRAIN_SEED = 8000, 42  # the original's training set: 8000 points, seed 42
 
-# The Datasaurus Dozen (Matejka & Fitzmaurice 2017) is third-party data: never committed.
+# The Datasaurus Dozen (Matejka & Fitzmaurice 2017, "Same Stats, Different Graphs"), shipped in
+# static/ as the original tiny-diffusion ships it (also bundled, MIT, in the datasauRus R package).
 DATASAURUS_FILE = "DatasaurusDozen.tsv"
-DATASAURUS_URL = (
-    "https://raw.githubusercontent.com/tanelp/tiny-diffusion/master/static/DatasaurusDozen.tsv"
-)
 DATASAURUS_SHA256 = "c8c4792c3ed15238ba07dad6ab778adc79d72e3e1324ead4d8c1ae52849780f8"
 DATA_DIR_ENV = "TINY_DIFFUSION_DATA_DIR"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -32,45 +30,22 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def download_datasaurus(path: Path, url: str = DATASAURUS_URL) -> None:
-    """Fetch the TSV once, check its sha256, and only then store it at `path`."""
-    fix = (
-        f"download it by hand to {path}, or pass --data_dir DIR (or set {DATA_DIR_ENV}) to a "
-        f"folder holding {DATASAURUS_FILE}"
-    )
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            data = response.read()
-    except OSError as err:
-        raise DatasetError(f"could not download {url} ({err}); {fix}") from None
-    if _sha256(data) != DATASAURUS_SHA256:
-        raise DatasetError(f"{url} gave a file whose sha256 is not {DATASAURUS_SHA256}; {fix}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_bytes(data)
-    partial.replace(path)  # atomic: a crash never leaves half a file at `path`
-
-
-def datasaurus_path(data_dir: str | None = None, url: str = DATASAURUS_URL) -> Path:
-    """Where the verified TSV is: `data_dir`, else $TINY_DIFFUSION_DATA_DIR, else static/
-    (downloaded once)."""
+def datasaurus_path(data_dir: str | None = None) -> Path:
+    """Where the verified TSV is: `data_dir`, else $TINY_DIFFUSION_DATA_DIR, else static/."""
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
     if data_dir:
         # os.path.expanduser leaves ~nobody as it is; Path.expanduser raises
         path = Path(os.path.expanduser(data_dir)) / DATASAURUS_FILE
-        if not path.is_file():
-            raise DatasetError(
-                f"{path} not found; point --data_dir (or {DATA_DIR_ENV}) at the folder holding "
-                f"{DATASAURUS_FILE}"
-            )
+        fix = f"point --data_dir (or {DATA_DIR_ENV}) at a folder holding a good copy"
     else:
         path = STATIC_DIR / DATASAURUS_FILE
-        if not path.is_file():
-            download_datasaurus(path, url)
+        fix = f"restore it with: git checkout static/{DATASAURUS_FILE}"
+    if not path.is_file():
+        raise DatasetError(f"{path} not found; {fix}")
     if _sha256(path.read_bytes()) != DATASAURUS_SHA256:
         raise DatasetError(
             f"{path} is damaged or not the Datasaurus Dozen (sha256 is not {DATASAURUS_SHA256}); "
-            "delete it to download it again, or replace it with a good copy"
+            + fix
         )
     return path
 
@@ -154,6 +129,9 @@ DATASETS = {"moons": moons, "line": line, "circle": circle} | {
 }
 FILE_SUFFIXES = (".csv", ".tsv", ".npy")
 MIN_FILE_POINTS = 10
+# A file's rows held out of training for its scores: this share of each class (at least one row
+# of a class with two or more), at most HELD_OUT_MAX rows in all, chosen once by HELD_OUT_SEED.
+HELD_OUT, HELD_OUT_MAX, HELD_OUT_SEED = 0.1, 2000, 20_171_001
 
 
 class Dataset:
@@ -164,24 +142,46 @@ class Dataset:
     moons, the parts of a comma-separated list such as "dino,star", or a file's label column.
     """
 
-    def __init__(
-        self,
-        name: str,
-        classes: list[str],
-        draw,
-        train_points: np.ndarray | None = None,
-        train_labels=None,
-    ):
+    def __init__(self, name: str, classes: list[str], draw, rows=None, held_out=None):
+        """draw(n, rng, label) -> (points, labels); a file's training rows and held-out rows,
+        each (points (m, 2), labels (m,)), or None."""
         self.name, self.classes, self._draw = name, classes, draw
-        self._train = None if train_points is None else (train_points, train_labels)
-        self.is_file = train_points is not None
+        self._train, self._held_out = rows, held_out
+        self.is_file = rows is not None
 
     def draw(self, n: int, seed: int, label: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """n fresh points (a file: of its training rows), optionally of one class."""
         points, labels = self._draw(n, np.random.default_rng(seed), label)
         return points.astype(np.float32), labels.astype(np.int64)
 
+    def unseen(self, n: int, seed: int, label: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """n points the model never saw: fresh draws, or a random n of a file's held-out rows
+        (all of them if there are fewer)."""
+        if self._held_out is None:
+            return self.draw(n, seed, label)
+        points, labels = self._held_out
+        rows = np.arange(len(points)) if label is None else np.flatnonzero(labels == label)
+        chosen = np.random.default_rng(seed).permutation(rows)[:n]
+        return points[chosen], labels[chosen]
+
+    @property
+    def unseen_counts(self) -> np.ndarray | None:
+        """(classes or 1,) how many points unseen() has of each class; None: any number."""
+        if self._held_out is None:
+            return None
+        return np.bincount(self._held_out[1], minlength=max(len(self.classes), 1))
+
+    @property
+    def reference(self) -> str:
+        """What the scores compare samples with."""
+        if not self.is_file:
+            return "fresh draws"
+        if self._held_out is None:
+            return f"its {len(self._train[0])} training rows (none held out)"
+        return f"{len(self._held_out[0])} held-out rows"
+
     def train_set(self) -> tuple[np.ndarray, np.ndarray]:
-        """The training points: a file's own rows, or the original's 8000 draws with seed 42."""
+        """The training points: a file's training rows, or the original's 8000 draws, seed 42."""
         if self._train is not None:
             return self._train
         return self.draw(TRAIN_SIZE, TRAIN_SEED)
@@ -273,22 +273,45 @@ def read_points_file(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[st
     return points, table[label_column].astype(str).map(classes.index).to_numpy(), classes
 
 
-def _file(path: Path) -> Dataset:
+def held_out_rows(labels: np.ndarray, share: float) -> np.ndarray:
+    """(m,) whether each row is held out: `share` of each class's rows, rounded, and at least one
+    of a class with two or more, at most HELD_OUT_MAX in all; the same rows every time."""
+    share = min(share, HELD_OUT_MAX / len(labels))
+    rng, held = np.random.default_rng(HELD_OUT_SEED), np.zeros(len(labels), bool)
+    for k in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == k))
+        count = min(max(round(share * len(rows)), 1), len(rows) - 1) if share > 0 else 0
+        held[rows[:count]] = True
+    return held
+
+
+def _file(path: Path, held_out: float) -> Dataset:
     points, labels, classes = read_points_file(path)
-    labels = np.zeros(len(points), int) if labels is None else labels
+    points, labels = (
+        points.astype(np.float32),
+        np.zeros(len(points), np.int64) if labels is None else labels.astype(np.int64),
+    )
+    held = held_out_rows(labels, held_out)
+    train_points, train_labels = points[~held], labels[~held]
 
-    def draw(n, rng, label):  # rows drawn with replacement
-        rows = np.arange(len(points)) if label is None else np.flatnonzero(labels == label)
-        chosen = rows[rng.integers(0, len(rows), n)]
-        return points[chosen], labels[chosen]
+    def draw(n, rng, label):  # training rows: without replacement while there are enough
+        rows = (
+            np.arange(len(train_points)) if label is None else np.flatnonzero(train_labels == label)
+        )
+        chosen = (
+            rng.permutation(rows)[:n] if n <= len(rows) else rows[rng.integers(0, len(rows), n)]
+        )
+        return train_points[chosen], train_labels[chosen]
 
-    return Dataset(str(path), classes, draw, points.astype(np.float32), labels.astype(np.int64))
+    held_out = (points[held], labels[held]) if held.any() else None
+    return Dataset(str(path), classes, draw, (train_points, train_labels), held_out)
 
 
-def load(spec: str, data_dir: str | None = None) -> Dataset:
-    """A dataset by name ("dino"), comma-separated names ("dino,star,bullseye"), or file path."""
+def load(spec: str, data_dir: str | None = None, held_out: float = HELD_OUT) -> Dataset:
+    """A dataset by name ("dino"), comma-separated names ("dino,star,bullseye"), or file path
+    (of whose rows the share held_out is kept out of training, for scoring)."""
     if spec.endswith(FILE_SUFFIXES):
-        return _file(Path(os.path.expanduser(spec)))
+        return _file(Path(os.path.expanduser(spec)), held_out)
     names = spec.split(",")
     unknown = [name for name in names if name not in DATASETS]
     if unknown:

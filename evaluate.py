@@ -28,6 +28,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
 import datasets
+import options
 
 
 def wasserstein2(a: np.ndarray, b: np.ndarray) -> float:
@@ -88,16 +89,17 @@ REFERENCE_DRAWS = 5
 SCORED_POINTS = 1000
 
 
-def draw_like(dataset, labels: np.ndarray | None, n: int, seed: int) -> np.ndarray:
-    """n fresh points of `dataset`; with labels (n,), exactly as many of each class: a random
-    split of classes would move the reference away from the samples and inflate the floor."""
+def draw_like(draw, labels: np.ndarray | None, n: int, seed: int) -> np.ndarray:
+    """n points of draw(n, seed, label) (a datasets.Dataset's draw or unseen); with labels (n,),
+    exactly as many of each class: a random split of classes would move the reference away from
+    the samples and inflate the floor."""
     if labels is None:
-        return dataset.draw(n, seed)[0]
+        return draw(n, seed)[0]
     classes, counts = np.unique(labels, return_counts=True)
     # an independent seed per class
     seeds = np.random.SeedSequence(seed).generate_state(len(classes))
     return np.concatenate(
-        [dataset.draw(int(m), int(s), label=int(k))[0] for k, m, s in zip(classes, counts, seeds)]
+        [draw(int(m), int(s), label=int(k))[0] for k, m, s in zip(classes, counts, seeds)]
     )
 
 
@@ -118,14 +120,31 @@ def subsample(labels: np.ndarray | None, n: int, size: int, seed: int) -> np.nda
     )
 
 
+def scored_size(dataset, labels: np.ndarray | None, n: int) -> int:
+    """How many of n samples are scored: at most SCORED_POINTS, and no more than a file's
+    held-out rows can match, class by class."""
+    size, held = min(n, SCORED_POINTS), dataset.unseen_counts
+    if held is None:
+        return size
+    counts = np.bincount(np.zeros(n, int) if labels is None else labels, minlength=len(held))
+    while size > 0 and (shares_of(counts, size) > held).any():
+        size -= 1
+    if size == 0:
+        raise datasets.DatasetError(
+            f"{dataset.name}: too few held-out rows to score these samples; raise --held_out"
+        )
+    return size
+
+
 def _score(samples: np.ndarray, labels: np.ndarray | None, dataset, seed: int) -> dict:
-    """W2, precision and recall of samples against fresh draws with the samples' class counts,
-    beside the floor (W2 between two such draws), each averaged over REFERENCE_DRAWS."""
+    """W2, precision and recall of samples against points the model never saw (fresh draws, or
+    a file's held-out rows) with the samples' class counts, beside the floor (W2 between those
+    and as many other true points), each averaged over REFERENCE_DRAWS."""
     w2, floor, pr = [], [], []
     n = len(samples)
     for k in range(REFERENCE_DRAWS):
-        reference = draw_like(dataset, labels, n, 1000 + 100 * seed + k)
-        another = draw_like(dataset, labels, n, 2000 + 100 * seed + k)
+        reference = draw_like(dataset.unseen, labels, n, 1000 + 100 * seed + k)
+        another = draw_like(dataset.draw, labels, n, 2000 + 100 * seed + k)
         w2.append(wasserstein2(samples, reference))
         floor.append(wasserstein2(another, reference))
         pr.append(precision_recall(samples, reference))
@@ -133,7 +152,8 @@ def _score(samples: np.ndarray, labels: np.ndarray | None, dataset, seed: int) -
     return {
         "w2": float(np.mean(w2)),
         "w2_floor": float(np.mean(floor)),
-        "w2_ratio": float(np.mean(w2) / np.mean(floor)),
+        # nan when the floor is 0: a file scored against its training rows, all of them
+        "w2_ratio": float(np.mean(w2) / np.mean(floor)) if np.mean(floor) > 0 else float("nan"),
         "precision": float(precision),
         "recall": float(recall),
     }
@@ -164,10 +184,13 @@ def evaluate(
 
     dataset = datasets.load(dataset, data_dir) if isinstance(dataset, str) else dataset
     n = len(samples)
-    if n > SCORED_POINTS:
-        chosen = subsample(labels, n, SCORED_POINTS, seed)
+    size = scored_size(dataset, labels, n)
+    if size < n:
+        chosen = subsample(labels, n, size, seed)
         samples, labels = samples[chosen], None if labels is None else labels[chosen]
     metrics = {"dataset": dataset.name, "n": n, "n_scored": len(samples)}
+    if dataset.is_file:
+        metrics["reference"] = dataset.reference
     metrics |= _score(samples, labels, dataset, seed)
     if dataset.name in SUPPORT_DISTANCE:
         distance = SUPPORT_DISTANCE[dataset.name](samples)
@@ -199,46 +222,65 @@ def format_metrics(metrics: dict) -> str:
             for name, m in metrics["per_class"].items()
         )
         text += f"  leakage {100 * metrics['class_leakage']:.2f}%"
-    if metrics["n_scored"] < metrics["n"]:
-        text += f"  (scored on {metrics['n_scored']} of {metrics['n']} samples)"
-    return text
+    notes = [f"scored on {metrics['n_scored']} of {metrics['n']} samples"]
+    notes = notes if metrics["n_scored"] < metrics["n"] else []
+    notes += [f"against {metrics['reference']}"] if "reference" in metrics else []
+    return text + (f"  ({', '.join(notes)})" if notes else "")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
+def load_run_frame(path: Path, frame: int, dataset: str | None, data_dir: str | None) -> tuple:
+    """(points (N, 2), labels (N,) or None, datasets.Dataset) of one frame of a run's frames.npy
+    (path: the run's folder or the file), against the run's dataset unless one is named."""
+    frames_path = path / "frames.npy" if path.is_dir() else path
+    if not frames_path.is_file():
+        raise options.UsageError(f"{frames_path} not found")
+    try:
+        frames = np.load(frames_path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise options.UsageError(f"{frames_path} is not a .npy file ({err})") from None
+    shape = frames.shape if isinstance(frames, np.ndarray) else ()
+    if len(shape) != 3 or shape[2] != 2 or 0 in shape:
+        raise options.UsageError(f"{frames_path} is not frames of shape (frames, N, 2), N > 0")
+    if not -len(frames) <= frame < len(frames):
+        raise options.UsageError(
+            f"--frame {frame}: {frames_path} has {len(frames)} frames, 0 to {len(frames) - 1} "
+            "(or -1, the last)"
+        )
+    config_path = frames_path.parent / "config.json"
+    try:
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    except (ValueError, OSError) as err:
+        raise options.UsageError(f"{config_path} cannot be read ({err})") from None
+    if dataset is None and "dataset" not in config:
+        raise options.UsageError(f"no --dataset given and no dataset in {config_path}")
+    held_out = config.get("held_out", 0.0)  # a run from before --held_out trained on every row
+    dataset = datasets.load(dataset or config["dataset"], data_dir, held_out)
+    labels_path = frames_path.parent / "frame_labels.npy"
+    labels = np.load(labels_path) if labels_path.is_file() and dataset.classes else None
+    return frames[frame], labels, dataset
+
+
+def main(argv=None) -> int:
+    parser = options.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "path",
-        type=Path,
-        help="an experiment folder, or a frames.npy of shape (frames, N, 2)",
+        "path", type=Path, help="an experiment folder, or a frames.npy of shape (frames, N, 2)"
     )
     parser.add_argument(
         "--dataset",
         help="a dataset name, comma-separated names or a file (default: the run's config.json)",
     )
     parser.add_argument("--frame", type=int, default=-1, help="which frame to score")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the reference draws")
+    parser.add_argument("--seed", type=options.seed, default=0, help="seed of the reference draws")
     parser.add_argument("--data_dir", help="folder holding DatasaurusDozen.tsv")
     args = parser.parse_args(argv)
-    frames_path = args.path / "frames.npy" if args.path.is_dir() else args.path
-    config_path = frames_path.parent / "config.json"
-    dataset = args.dataset or (
-        json.loads(config_path.read_text())["dataset"] if config_path.is_file() else None
-    )
-    if dataset is None:
-        parser.error(f"no --dataset given and no {config_path}")
-    if not frames_path.is_file():
-        parser.error(f"{frames_path} not found")
-    frames = np.load(frames_path)
-    labels_path = frames_path.parent / "frame_labels.npy"
-    labels = np.load(labels_path) if labels_path.is_file() else None
     try:
-        print(
-            format_metrics(evaluate(frames[args.frame], dataset, args.seed, args.data_dir, labels))
-        )
-    except datasets.DatasetError as err:
+        points, labels, dataset = load_run_frame(args.path, args.frame, args.dataset, args.data_dir)
+        print(format_metrics(evaluate(points, dataset, args.seed, labels=labels)))
+    except (options.UsageError, datasets.DatasetError) as err:
         parser.error(str(err))
+    return 0
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ import checkpoints
 import datasets
 import ddpm
 import likelihood
+import options
 import plots
+import run_folder
 from options import PROJECT_DIR
 
 STATIC_DIR = PROJECT_DIR / "static"
@@ -273,7 +275,7 @@ def guidance_sweep(exps_dir: Path) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = options.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--exps_dir", type=Path, default=PROJECT_DIR / "exps")
@@ -293,6 +295,10 @@ def main(argv=None) -> None:
         help="only the table of methods x samplers x NFE with the exact denoiser's limits",
     )
     args = parser.parse_args(argv)
+    try:
+        run_folder.check_writable(args.exps_dir)
+    except options.UsageError as err:
+        parser.error(str(err))
     if args.headline:
         draw_headline(ablate.run_once([], args.exps_dir))
         return

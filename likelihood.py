@@ -29,6 +29,8 @@ rows of the Jacobian, where image models must estimate it (Hutchinson's trick).
 
     python likelihood.py exps/base                  # the NLL of a run's model
     python likelihood.py --exact --dataset dino     # the same ODE with the exact denoiser
+    python likelihood.py exps/base --points my.csv --out logp.csv   # log p of your points
+    python likelihood.py exps/base --plot logp.png  # log p over the plane, the data on top
 """
 
 import argparse
@@ -39,12 +41,15 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 import checkpoints
 import datasets
 import ddpm
 import exact
 import options
+import plots
+import run_folder
 
 SIGMA_MIN = 1e-3
 STEPS = 128
@@ -104,7 +109,7 @@ def load_run(path: Path, data_dir: str | None = None) -> tuple:
     """(ddpm.Run, its datasets.Dataset): the run saved in model.pth at path, on the CPU."""
     checkpoint = checkpoints.load(path, torch.device("cpu"))
     config = checkpoint["config"] | {"resume": False, "device": "cpu"}
-    dataset = datasets.load(config["dataset"], data_dir or config["data_dir"])
+    dataset = datasets.load(config["dataset"], data_dir or config["data_dir"], config["held_out"])
     return ddpm.make_run(config, dataset, checkpoint), dataset
 
 
@@ -138,12 +143,13 @@ def closed_form(dataset) -> exact.GaussianMixture | None:
 def nll_lines(model_nll, dataset, seed: int, solver: str) -> list[str]:
     """The NLL of held-out true points (model_nll: points (n, 2) -> (n,) -log p) and, where the
     dataset's density is known, its entropy H and KL(data || model), as lines of text."""
-    x = torch.from_numpy(dataset.draw(NLL_POINTS, NLL_SEED + seed)[0])  # (n, 2)
+    x = torch.from_numpy(dataset.unseen(NLL_POINTS, NLL_SEED + seed)[0])  # (n, 2)
     tic = time.perf_counter()
     nll = model_nll(x).double()  # (n,)
     seconds = time.perf_counter() - tic
+    unseen = dataset.reference if dataset.is_file else "held-out"
     lines = [
-        f"NLL {nll.mean():.3f} nats per point (held-out, n = {len(x)})",
+        f"NLL {nll.mean():.3f} nats per point ({unseen}, n = {len(x)})",
         f"  +- {nll.std() / len(x) ** 0.5:.3f} (standard error); {solver}; {seconds:.1f} s",
     ]
     density = closed_form(dataset)
@@ -190,6 +196,48 @@ def report(args) -> list[str]:
     return nll_lines(model_nll, dataset, args.seed, solver)
 
 
+CHUNK = 1000  # points per batch of the ODE: a progress bar step, and memory bounded
+PLOT_CELLS = 64  # --plot: log p on a 64 x 64 grid
+
+
+def log_p_of(model_nll, points: torch.Tensor) -> torch.Tensor:
+    """(n,) log p of points (n, 2) in the data's units, a chunk at a time."""
+    chunks = points.split(CHUNK)
+    return torch.cat(
+        [-model_nll(chunk) for chunk in tqdm(chunks, "log p", disable=len(chunks) < 2)]
+    )
+
+
+def write_log_p(run, points_path: Path, out: Path | None, steps: int) -> None:
+    """x, y, log p of each row of a points file, as a .csv to out (or printed)."""
+    points = torch.tensor(datasets.read_points_file(points_path)[0], dtype=torch.float32)  # (n, 2)
+    log_p = log_p_of(run_nll(run, steps), points)
+    rows = [f"{x:.9g},{y:.9g},{v:.6f}" for (x, y), v in zip(points.tolist(), log_p.tolist())]
+    text = "x,y,log_p\n" + "\n".join(rows) + "\n"
+    if out is None:
+        print(text, end="")
+        return
+    try:
+        run_folder.write_atomically(out, lambda f: f.write(text.encode()))
+    except (OSError, ValueError) as err:
+        raise options.UsageError(f"cannot write {out}: {run_folder.describe(err)}") from None
+
+
+def plot_log_p(run, dataset, path: Path, steps: int) -> None:
+    """log p over the plane (the plot's box: the data's, or [-6, 6]^2), the training data on top."""
+    points = dataset.train_set()[0]  # (m, 2)
+    lo_x, hi_x, lo_y, hi_y = (
+        plots.padded_limits(points) if dataset.is_file else [-plots.LIMIT, plots.LIMIT] * 2
+    )
+    xs, ys = torch.linspace(lo_x, hi_x, PLOT_CELLS), torch.linspace(lo_y, hi_y, PLOT_CELLS)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)  # (N*N, 2)
+    log_p = log_p_of(run_nll(run, steps), grid).reshape(PLOT_CELLS, PLOT_CELLS).numpy()
+    try:
+        plots.save_log_density(log_p, (lo_x, hi_x, lo_y, hi_y), points, path, dataset.name)
+    except (OSError, ValueError) as err:
+        raise options.UsageError(f"cannot write {path}: {run_folder.describe(err)}") from None
+
+
 def main(argv=None) -> int:
     parser = options.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -201,7 +249,19 @@ def main(argv=None) -> int:
         help="with --dataset, no run: the exact denoiser's NLL, the solver's floor",
     )
     parser.add_argument("--dataset", help="the dataset of --exact: a Datasaurus shape")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out draw")
+    parser.add_argument(
+        "--points",
+        type=Path,
+        help="instead of the NLL: log p (nats, in the data's units) of each row of this .csv, "
+        ".tsv or .npy file (columns x,y, or its first two numeric ones)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="with --points: the .csv to write x,y,log_p to (default: print)"
+    )
+    parser.add_argument(
+        "--plot", type=Path, help="instead of the NLL: draw log p over the plane to this .png"
+    )
+    parser.add_argument("--seed", type=options.seed, default=0, help="seed of the held-out draw")
     parser.add_argument("--data_dir", help="folder holding DatasaurusDozen.tsv")
     parser.add_argument(
         "--steps", type=options.positive(int), default=STEPS, help="RK4 steps of the ODE"
@@ -209,8 +269,20 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.exact != (args.path is None) or args.exact != (args.dataset is not None):
         parser.error("give an experiment folder, or --exact --dataset NAME without one")
+    if (args.points or args.plot) and args.exact:
+        parser.error("--points and --plot need a run's folder, not --exact")
+    if args.out and not args.points:
+        parser.error("--out goes with --points")
     try:
-        print("\n".join(report(args)))
+        if args.points or args.plot:
+            path = args.path / "model.pth" if args.path.is_dir() else args.path
+            run, dataset = load_run(path, args.data_dir)
+            if args.points:
+                write_log_p(run, args.points, args.out, args.steps)
+            if args.plot:
+                plot_log_p(run, dataset, args.plot, args.steps)
+        else:
+            print("\n".join(report(args)))
     except (options.UsageError, datasets.DatasetError) as err:
         parser.error(str(err))
     return 0

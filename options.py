@@ -71,6 +71,14 @@ def positive(kind):
     return parse
 
 
+def seed(text: str) -> int:
+    """An argparse type: a seed, a whole number in [0, 2**32)."""
+    value = finite(int)(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {text}")
+    return value
+
+
 def build_parser(choices: dict) -> ArgumentParser:
     """The parser of `python ddpm.py`. choices: the names ddpm.py defines for --method,
     --beta_schedule, --flow_t, --activation, --sampler and --grid, keyed by option."""
@@ -111,7 +119,15 @@ def build_parser(choices: dict) -> ArgumentParser:
         "--data_dir",
         default=None,
         help=f"folder holding {datasets.DATASAURUS_FILE} (or set {datasets.DATA_DIR_ENV}); "
-        "default: static/, downloaded once",
+        "default: static/, where it ships",
+    )
+    parser.add_argument(
+        "--held_out",
+        type=finite(float),
+        default=datasets.HELD_OUT,
+        help="for your own file: the share of its rows (of each class, at most "
+        f"{datasets.HELD_OUT_MAX} in all) kept out of training, to score the samples and the NLL "
+        "against; 0 keeps none, and scores against the training rows",
     )
     parser.add_argument(
         "--train_batch_size", type=positive(int), default=256, help="points per optimisation step"
@@ -339,10 +355,15 @@ def build_parser(choices: dict) -> ArgumentParser:
 
 
 def explicit_options(parser: argparse.ArgumentParser, argv) -> dict:
-    """The options the user typed, without the defaults."""
+    """The options the user typed, without the defaults (the parser is left as it was)."""
+    defaults = [action.default for action in parser._actions]
     for action in parser._actions:
         action.default = argparse.SUPPRESS
-    return vars(parser.parse_args(argv))
+    try:
+        return vars(parser.parse_args(argv))
+    finally:
+        for action, default in zip(parser._actions, defaults):
+            action.default = default
 
 
 def check_config(config: dict) -> None:
@@ -359,6 +380,8 @@ def check_config(config: dict) -> None:
             "--sigma_min must be below --sigma_max, got "
             f"{config['sigma_min']:g} and {config['sigma_max']:g}"
         )
+    if not 0 <= config["held_out"] < 1:
+        raise UsageError(f"--held_out must be in [0, 1), got {config['held_out']}")
     if config["s_churn"] < 0:
         raise UsageError(f"--s_churn must be at least 0, got {config['s_churn']:g}")
     if not 0 <= config["ema_decay"] < 1:

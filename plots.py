@@ -134,6 +134,25 @@ def save_loss(losses: np.ndarray, path: Path, window: int = 100) -> None:
     plt.close(fig)
 
 
+def _show_log_density(ax, log_p: np.ndarray, extent) -> None:
+    """log p on an (N, N) grid (rows along y) over extent (xmin, xmax, ymin, ymax), shown down to
+    8 nats below its peak: the strokes and what lies between them."""
+    top = log_p.max()
+    ax.imshow(log_p, origin="lower", extent=extent, vmin=top - 8, vmax=top, cmap="magma")
+
+
+def save_log_density(log_p: np.ndarray, extent, points: np.ndarray, path: Path, title: str):
+    """One model's log density (an (N, N) grid over extent) with the training points on top."""
+    fig, ax = plt.subplots(figsize=(LARGE_INCHES, LARGE_INCHES))
+    _show_log_density(ax, log_p, extent)
+    ax.scatter(points[:, 0], points[:, 1], s=1, color="white", alpha=0.4, linewidths=0)
+    _square_axes(ax, None if tuple(extent) == (-LIMIT, LIMIT, -LIMIT, LIMIT) else extent)
+    ax.set_title(f"{title}: log p (nats) and the training data", fontsize=10)
+    fig.colorbar(ax.images[0], ax=ax, shrink=0.8)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
 def save_densities(
     log_densities: list[np.ndarray], samples: list[np.ndarray], titles: list[str], path: Path
 ) -> None:
@@ -142,15 +161,7 @@ def save_densities(
     fig, axes = plt.subplots(2, len(titles), figsize=(len(titles) * 2.4, 2 * 2.4), squeeze=False)
     for column, (log_p, points, title) in enumerate(zip(log_densities, samples, titles)):
         top, bottom = axes[0][column], axes[1][column]
-        # log p is shown down to 8 nats below its peak: the strokes and what lies between them
-        top.imshow(
-            log_p,
-            origin="lower",
-            extent=(-LIMIT, LIMIT, -LIMIT, LIMIT),
-            vmin=log_p.max() - 8,
-            vmax=log_p.max(),
-            cmap="magma",
-        )
+        _show_log_density(top, log_p, (-LIMIT, LIMIT, -LIMIT, LIMIT))
         _square_axes(top)
         top.set_title(title, fontsize=9)
         _square_axes(bottom)

@@ -1,11 +1,7 @@
-import functools
 import hashlib
-import http.server
-import threading
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, needs_datasaurus
 
 import datasets
 
@@ -14,13 +10,7 @@ BOXES = {"moons": 4.0, "line": 4.0, "circle": 3.1} | {
 }  # points lie in [-box, box]^2
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=needs_datasaurus if name in datasets.DATASAURUS_SHAPES else ())
-        for name in datasets.DATASETS
-    ],
-)
+@pytest.mark.parametrize("name", list(datasets.DATASETS))
 def test_every_dataset_draws_n_points_in_its_box_deterministically_per_seed(name):
     points = datasets.get_dataset(name, 500, seed=1)
     assert points.shape == (500, 2) and points.dtype == np.float32
@@ -52,7 +42,6 @@ def test_moons_are_two_interleaved_half_circles():
     assert (np.minimum(np.abs(upper - 1), np.abs(lower - 1)) < 0.15).all()
 
 
-@needs_datasaurus
 def test_dino_is_the_jittered_datasaurus_dino_rescaled():
     points = datasets.get_dataset("dino", 8000)
     table = datasets.datasaurus_table()
@@ -62,49 +51,18 @@ def test_dino_is_the_jittered_datasaurus_dino_rescaled():
     assert nearest.max() < 0.1  # jitter 0.15 in raw units is ~0.011 after scaling
 
 
-@pytest.fixture
-def tsv_server(tmp_path):
-    """Serve a folder on 127.0.0.1 and yield (folder, base URL)."""
-    served = tmp_path / "served"
-    served.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield served, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
-@pytest.fixture
-def empty_static(tmp_path, monkeypatch):
+def test_the_shipped_tsv_is_the_datasaurus_dozen(monkeypatch):
     monkeypatch.delenv(datasets.DATA_DIR_ENV, raising=False)
-    monkeypatch.setattr(datasets, "STATIC_DIR", tmp_path / "static")
-    return tmp_path / "static"
-
-
-@needs_datasaurus
-def test_a_missing_tsv_is_downloaded_once_verified_and_stored_in_static(tsv_server, empty_static):
-    served, url = tsv_server
-    (served / "d.tsv").write_bytes((SHARED_DATA / datasets.DATASAURUS_FILE).read_bytes())
-    path = datasets.datasaurus_path(url=f"{url}/d.tsv")
-    assert path == empty_static / datasets.DATASAURUS_FILE
+    path = datasets.datasaurus_path()
+    assert path == datasets.STATIC_DIR / datasets.DATASAURUS_FILE
     assert hashlib.sha256(path.read_bytes()).hexdigest() == datasets.DATASAURUS_SHA256
-    (served / "d.tsv").unlink()  # a second call does not download again
-    assert datasets.datasaurus_path(url=f"{url}/d.tsv") == path
 
 
-def test_a_download_with_the_wrong_checksum_is_refused_and_not_stored(tsv_server, empty_static):
-    served, url = tsv_server
-    (served / "d.tsv").write_text("dataset\tx\ty\ndino\t1\t2\n")
-    with pytest.raises(datasets.DatasetError, match="sha256.*--data_dir"):
-        datasets.datasaurus_path(url=f"{url}/d.tsv")
-    assert not (empty_static / datasets.DATASAURUS_FILE).exists()
-
-
-def test_a_failed_download_says_how_to_fix_it(tsv_server, empty_static):
-    _, url = tsv_server
-    with pytest.raises(datasets.DatasetError, match="could not download.*--data_dir"):
-        datasets.datasaurus_path(url=f"{url}/missing.tsv")
+def test_a_missing_static_copy_says_how_to_restore_it(tmp_path, monkeypatch):
+    monkeypatch.delenv(datasets.DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(datasets, "STATIC_DIR", tmp_path)
+    with pytest.raises(datasets.DatasetError, match="not found; restore it with: git checkout"):
+        datasets.datasaurus_path()
 
 
 def test_a_data_dir_without_the_tsv_is_a_clear_error(tmp_path):

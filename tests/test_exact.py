@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import needs_datasaurus
 
 import datasets
 import ddpm
@@ -53,7 +52,6 @@ def dino():
     return datasets.load("dino")
 
 
-@needs_datasaurus
 @pytest.mark.parametrize("sigma", [0.1, 0.5])
 def test_dino_denoiser_agrees_with_monte_carlo_on_datasets_own_draws(dino, sigma):
     """E[x_0 | y] as a likelihood-weighted average of 10^6 draws of datasets.py: this checks the
@@ -67,7 +65,6 @@ def test_dino_denoiser_agrees_with_monte_carlo_on_datasets_own_draws(dino, sigma
         assert mixture.denoise(y[None], sigma)[0] == pytest.approx(monte_carlo.numpy(), abs=0.01)
 
 
-@needs_datasaurus
 def test_dino_denoiser_is_bayes_rule_on_a_fine_grid_at_low_noise(dino):
     (mixture,) = exact.class_mixtures(dino)
     y = mixture.means[17] + torch.tensor([0.01, -0.02], dtype=torch.float64)
@@ -120,7 +117,6 @@ LANDS_ON_THE_DINO = [
 ]
 
 
-@needs_datasaurus
 @pytest.mark.parametrize(
     "method_options, sampler_options, ratio, precision, recall", LANDS_ON_THE_DINO
 )
@@ -145,7 +141,6 @@ def test_every_sampler_fed_the_exact_denoiser_lands_on_the_dino(
     assert metrics["precision"] >= precision and metrics["recall"] >= recall
 
 
-@needs_datasaurus
 def test_cli_samples_the_dino_with_the_exact_denoiser_without_training(tmp_path, capsys):
     args = ["--denoiser", "exact", "--eval_batch_size", "300", "--exps_dir", str(tmp_path)]
     ddpm.main([*args, "--experiment_name", "limit"])

@@ -7,7 +7,6 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import needs_datasaurus
 from test_methods import TINY
 
 import datasets
@@ -66,7 +65,6 @@ def test_the_divergence_is_the_trace_of_a_finite_difference_jacobian():
     assert torch.allclose(divergence, finite, atol=1e-6)
 
 
-@needs_datasaurus
 def test_the_exact_dino_denoiser_has_a_kl_near_0():
     # the solver's own floor: the ODE of the true denoiser, from a moment-matched prior
     dataset = datasets.load("dino")

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import needs_datasaurus
 
 import datasets
 import ddpm
@@ -40,6 +39,44 @@ def test_without_x_and_y_the_first_two_numeric_columns_are_used(tmp_path):
 def test_an_npy_file_of_points(tmp_path):
     np.save(tmp_path / "points.npy", POINTS)
     assert np.allclose(datasets.read_points_file(tmp_path / "points.npy")[0], POINTS)
+
+
+def write_points(path, points, labels=None):
+    """A .csv of points (m, 2), with a label column when labels (m,) are given."""
+    rows = [
+        f"{x},{y}" + ("" if labels is None else f",{k}")
+        for (x, y), k in zip(points, labels if labels is not None else points)
+    ]
+    path.write_text("x,y" + ("" if labels is None else ",label") + "\n" + "\n".join(rows) + "\n")
+    return str(path)
+
+
+def test_a_file_holds_out_a_tenth_of_each_class_the_same_rows_every_time(tmp_path):
+    labels = np.array(["a"] * 300 + ["b"] * 100)
+    path = write_points(
+        tmp_path / "two.csv", np.random.default_rng(0).normal(size=(400, 2)), labels
+    )
+    dataset = datasets.load(path)
+    train, train_labels = dataset.train_set()
+    held, held_labels = dataset.unseen(1000, seed=0)  # all of them: there are fewer
+    assert np.bincount(held_labels).tolist() == [30, 10] and len(train) == 360
+    assert not set(map(tuple, held)) & set(map(tuple, train))  # never trained on
+    assert np.array_equal(datasets.load(path).unseen(1000, seed=0)[0], held)  # one split
+    assert datasets.load(path, held_out=0.0).train_set()[0].shape == (400, 2)
+
+
+def test_samples_that_copy_the_training_rows_score_no_better_than_fresh_ones(tmp_path):
+    line = datasets.load("line")
+    path = write_points(tmp_path / "line.csv", line.draw(1000, seed=1)[0])
+    held_out = datasets.load(path, held_out=0.5)  # 500 rows to train on, 500 to score against
+    copies = evaluate.evaluate(held_out.train_set()[0], held_out)
+    fresh = [evaluate.evaluate(line.draw(500, seed)[0], held_out) for seed in (2, 3, 4)]
+    assert copies["w2_ratio"] >= min(m["w2_ratio"] for m in fresh)
+    assert copies["precision"] <= max(m["precision"] for m in fresh) + 0.02
+    assert copies["reference"] == "500 held-out rows"
+    # Scored against its own rows, as before held-out rows, copying them was a perfect score.
+    seen = datasets.load(path, held_out=0.0)
+    assert evaluate.evaluate(seen.train_set()[0], seen)["w2"] == pytest.approx(0, abs=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -91,7 +128,6 @@ def test_dataset_list_prints_every_name(capsys):
     } <= set(names)
 
 
-@needs_datasaurus
 def test_every_datasaurus_shape_is_its_142_rows_jittered_and_rescaled_like_dino():
     table = datasets.datasaurus_table()
     for name, shape in datasets.DATASAURUS_SHAPES.items():
@@ -102,7 +138,6 @@ def test_every_datasaurus_shape_is_its_142_rows_jittered_and_rescaled_like_dino(
         assert np.linalg.norm(points[:, None] - scaled[None], axis=2).min(axis=1).max() < 0.1, name
 
 
-@needs_datasaurus
 def test_a_comma_separated_list_makes_one_class_per_dataset():
     dataset = datasets.load("dino,star")
     points, labels = dataset.draw(1000, seed=0)
@@ -243,6 +278,7 @@ def test_a_conditional_run_on_own_data_samples_every_class_in_its_units(tmp_path
     )
     metrics = json.loads((tmp_path / "base" / "metrics.json").read_text())
     assert set(metrics["per_class"]) == {"left", "right"} and metrics["class_leakage"] < 0.05
+    assert metrics["reference"] == "60 held-out rows" and metrics["n_scored"] == 60
 
     assert (
         ddpm.main(

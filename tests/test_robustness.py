@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import PROJECT_DIR, needs_datasaurus
+from conftest import PROJECT_DIR
 
 import checkpoints
 import ddpm
@@ -124,7 +124,6 @@ def test_the_real_cli_reports_bad_arguments_in_one_line():
     assert_one_line_error(result.returncode, result.stderr, "--hidden_layers: must be positive")
 
 
-@needs_datasaurus
 @pytest.mark.parametrize(
     "content, phrase",
     [
