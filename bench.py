@@ -126,7 +126,9 @@ def main(argv=None) -> None:
 
     def sample():
         generator = torch.Generator().manual_seed(0)
-        return ddpm.sample(run.ema.module, run.method, n, generator, **sampling)
+        return ddpm.sample(
+            run.ema.module, run.method, n, generator, **sampling, start_moments=run.moments
+        )
 
     seconds = time_it(sample, 3)
     rate = n * nfe / seconds

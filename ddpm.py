@@ -73,12 +73,8 @@ def sigmoid_betas(T: int, start: float = -3.0, end: float = 3.0, tau: float = 1.
     return _betas_from_alpha_bar((v[-1] - v) / (v[-1] - v[0]))
 
 
-BETA_SCHEDULES = {
-    "linear": linear_betas,
-    "quadratic": quadratic_betas,
-    "cosine": cosine_betas,
-    "sigmoid": sigmoid_betas,
-}
+BETA_SCHEDULES = {"linear": linear_betas, "quadratic": quadratic_betas}
+BETA_SCHEDULES |= {"cosine": cosine_betas, "sigmoid": sigmoid_betas}
 
 
 class NoiseSchedule:
@@ -96,11 +92,8 @@ class NoiseSchedule:
 
     # ------------------------------------------------------------------------- 2. Forward process
     def add_noise(self, x_0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        # Ho et al. 2020, eq. 4: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
-        return (
-            self.sqrt_alphas_cumprod[t, None] * x_0
-            + self.sqrt_one_minus_alphas_cumprod[t, None] * eps
-        )
+        a, b = self.sqrt_alphas_cumprod[t, None], self.sqrt_one_minus_alphas_cumprod[t, None]
+        return a * x_0 + b * eps  # Ho et al. 2020, eq. 4
 
 
 # ----------------------------------------------------------------------------- 3. Denoiser
@@ -473,6 +466,7 @@ def reverse_process(
     eta=0.0,
     s_churn=0.0,
     init_noise="scaled",
+    start_moments=None,
     clip_range=None,
     c=None,
     guidance_scale=1.0,
@@ -481,11 +475,16 @@ def reverse_process(
     """Start from noise at sigma_max and step down the grid (default: the method's own) to
     sigma = 0, yielding (sigma, x) after each step; (sigma_max, x_start) comes first.
 
-    init_noise "scaled" starts from sigma_max eps, EDM's start (for DDPM and flow the VE view of
-    x_T ~ N(0, I)); "unscaled" from eps, as Diamond's sampler does. c: (n,) class of each point."""
+    init_noise "data" starts from the noisy data's mean and variance, mean + sqrt(sigma_max^2 +
+    var) eps, with start_moments = (mean, var) of each point's class, (n, 2) each; "scaled" from
+    sigma_max eps, EDM's start (for DDPM and flow the VE view of x_T ~ N(0, I)); "unscaled" from
+    eps, as Diamond's sampler does. c: (n,) class of each point."""
     sigmas = noise_levels(grid or method.grid, method, num_inference_steps)
     step, N = make_step(sampler, eta), len(sigmas) - 1
     x = torch.randn(n, 2, generator=generator, device=generator.device)  # (n, 2)
+    if init_noise == "data":
+        mean, var = start_moments
+        x = mean + (sigmas[0] ** 2 + var).sqrt() * x
     x = sigmas[0] * x if init_noise == "scaled" else x
     yield sigmas[0], x
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
@@ -501,9 +500,8 @@ def reverse_process(
 
 def sample(model, method, n, generator, **options) -> torch.Tensor:
     """Draw n points (n, 2): the end of the reverse process (options as for reverse_process)."""
-    for _, x in reverse_process(model, method, n, generator, **options):
-        pass
-    return x
+    *_, (_, x_0) = reverse_process(model, method, n, generator, **options)
+    return x_0
 
 
 # ----------------------------------------------------------------------------- 6. Training loop
@@ -557,9 +555,8 @@ def train_step(run: "Run", x_0: torch.Tensor, c: torch.Tensor | None = None) -> 
 class EMA(AveragedModel):
     """theta_ema <- decay theta_ema + (1 - decay) theta after each step; sampling uses theta_ema.
 
-    torch's AveragedModel with get_ema_multi_avg_fn (the first update copies theta), but with
-    both models' tensors listed once: its update_parameters walks both module trees on every
-    call, 0.8 ms a step here, 16x the lerp itself."""
+    torch's AveragedModel with get_ema_multi_avg_fn (the first update copies theta), with both
+    models' tensors listed once: its update_parameters walks both module trees, 16x the lerp."""
 
     def __init__(self, model: nn.Module, decay: float):
         super().__init__(model, use_buffers=True)
@@ -586,8 +583,8 @@ def sample_frame(run: "Run") -> None:
     # same x_T every frame: the animation follows the same points
     generator = torch.Generator(run.data.device).manual_seed(config["seed"])
     clip_range, n = run.clip_range if config["clip_x0"] else None, config["eval_batch_size"]
-    sampling = sampling_options(config) | {"clip_range": clip_range, "c": run.frame_classes}
-    x_0 = sample(run.denoiser, run.method, n, generator, **sampling)
+    sampling = {"clip_range": clip_range, "c": run.frame_classes, "start_moments": run.moments}
+    x_0 = sample(run.denoiser, run.method, n, generator, **sampling_options(config), **sampling)
     run.frames.append(x_0.cpu() * run.scale + run.shift)  # in the data's own units
     run.frame_epochs.append(run.epoch)
     run.frame_seconds += time.perf_counter() - tic
@@ -643,8 +640,7 @@ class Run:
     far. checkpoints.py saves and restores it; the run folder (run_folder.py) writes it out."""
 
     def __init__(self, config, data, labels, classes, shift, scale, sigma_data: float):
-        """data: (m, 2) training points in training units, x = (x_data - shift) / scale;
-        labels: (m,) classes or None; sigma_data: EDM's, the data's standard deviation."""
+        """data (m, 2): training points in training units, (x - shift) / scale; labels (m,)."""
         self.config, self.data, self.labels = config, data, labels
         self.classes, self.sigma_data, device = list(classes), sigma_data, data.device
         self.method = make_method(config, sigma_data, device)
@@ -661,13 +657,18 @@ class Run:
         self.clip_range = torch.stack((data.min(0).values, data.max(0).values))  # (2, 2): the box
         self.shift, self.scale, self.plot_limits = shift, scale, None
         self.frame_classes = frame_classes(config, labels, self.classes)
+        # init_noise "data" starts from the mean and variance of each frame point's class, (n, 2)
+        groups = [data[labels == k] for k in range(len(self.classes))] if self.classes else [data]
+        pairs = [torch.var_mean(group, 0, correction=0) for group in groups]
+        var, mean = (torch.stack(moment) for moment in zip(*pairs))  # (classes or 1, 2) each
+        c = 0 if self.frame_classes is None else self.frame_classes
+        self.moments = mean[c], var[c]
         self.epoch, self.frames, self.frame_epochs, self.frame_seconds = 0, [], [], 0.0
         self.denoiser = self.ema.module  # what frames are sampled with (or exact.ExactDenoiser)
 
 
 def make_run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None) -> Run:
-    """A Run on the dataset's training points in training units: a file's are standardised
-    (its shift and scale kept in the checkpoint), the built-in shapes are used as they are."""
+    """A Run on the dataset's training points in training units: a file's standardised."""
     device = options.resolve_device(config["device"])
     points, labels = (torch.from_numpy(array) for array in dataset.train_set())  # (m, 2), (m,)
     if checkpoint:

@@ -63,7 +63,14 @@ class GaussianMixture(nn.Module):
         """(n,) log density of x (n, 2), or of x_0 + sigma eps; needs std > 0 when sigma = 0."""
         x = x.double()
         sigma2 = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).expand(len(x)) ** 2
-        return self._log_joint(x, sigma2).logsumexp(dim=1)
+        rows = max(1, ROWS_PER_CHUNK // len(self.means))
+        chunks = [(x[i : i + rows], sigma2[i : i + rows]) for i in range(0, len(x), rows)]
+        return torch.cat([self._log_joint(*chunk).logsumexp(dim=1) for chunk in chunks])
+
+    @property
+    def has_density(self) -> bool:
+        """False for an empirical distribution (std 0), whose log_prob at sigma = 0 is not one."""
+        return bool((self.var > 0).all())
 
     @property
     def mean(self) -> torch.Tensor:
@@ -76,6 +83,88 @@ class GaussianMixture(nn.Module):
         return GaussianMixture(
             self.log_weights.exp(), (self.means - shift) / scale, self.var.sqrt() / scale
         )
+
+
+class UniformBox(nn.Module):
+    """x_0 uniform on the box [low, high] (2,), in float64: the line dataset.
+
+    Each axis is independent, and x_0 given y = x_0 + sigma eps is a normal of mean y and std
+    sigma truncated to [low, high]: D is its mean, p(y) the mass of that normal in the box."""
+
+    has_density = True
+
+    def __init__(self, low, high):
+        super().__init__()
+        self.register_buffer("low", torch.as_tensor(low, dtype=torch.float64))  # (2,)
+        self.register_buffer("high", torch.as_tensor(high, dtype=torch.float64))  # (2,)
+
+    def _bounds(self, y: torch.Tensor, sigma):
+        """alpha, beta = (low - y) / sigma, (high - y) / sigma, (n, 2) each, and sigma (n, 1)."""
+        y = y.double()
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=y.device).expand(len(y))
+        sigma = sigma.clamp_min(1e-12)[:, None]  # sigma = 0 is the limit of a tiny sigma
+        return (self.low - y) / sigma, (self.high - y) / sigma, sigma, y
+
+    @staticmethod
+    def _log_mass(alpha, beta):
+        """log (Phi(beta) - Phi(alpha)), alpha < beta, from the tail where it is not ~1 - 1."""
+        upper = (
+            alpha > 0
+        )  # both in the upper tail: Phi(beta) - Phi(alpha) = Phi(-alpha) - Phi(-beta)
+        a, b = torch.where(upper, -beta, alpha), torch.where(upper, -alpha, beta)
+        log_b, log_a = torch.special.log_ndtr(b), torch.special.log_ndtr(a)
+        return log_b + torch.log1p(-torch.exp(log_a - log_b))
+
+    def denoise(self, y: torch.Tensor, sigma) -> torch.Tensor:
+        """D(y; sigma) = E[x_0 | y], (n, 2) float64: the truncated normal's mean, per axis."""
+        alpha, beta, sigma, y = self._bounds(y, sigma)
+        log_mass = self._log_mass(alpha, beta)
+        log_phi = lambda z: -0.5 * z**2 - 0.5 * np.log(2 * np.pi)  # noqa: E731
+        shift = torch.exp(log_phi(alpha) - log_mass) - torch.exp(log_phi(beta) - log_mass)
+        return (y + sigma * shift).clamp(self.low, self.high)
+
+    def log_prob(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
+        """(n,) log density of x (n, 2), or of x_0 + sigma eps."""
+        alpha, beta, _, _ = self._bounds(x, sigma)
+        return (self._log_mass(alpha, beta) - (self.high - self.low).log()).sum(1)
+
+    def standardised(self, shift: torch.Tensor, scale: torch.Tensor) -> "UniformBox":
+        shift, scale = shift.double(), scale.double()
+        return UniformBox((self.low - shift) / scale, (self.high - shift) / scale)
+
+
+def moons(arc_points: int = 2000) -> list[GaussianMixture]:
+    """The two moons of datasets.moons in closed form, to any accuracy: each half circle as
+    arc_points Gaussians of its noise (0.03, then scaled by (2, 3)) at even angles, the upper
+    moon first; arc_points = 2000 puts them 0.0016 apart, 1/20 of the noise."""
+    angle = (torch.arange(arc_points, dtype=torch.float64) + 0.5) / arc_points * np.pi
+    upper = torch.stack((angle.cos(), angle.sin()), 1)  # (K, 2)
+    lower = torch.stack((1 - angle.cos(), 0.5 - angle.sin()), 1)
+    scale = torch.tensor([2.0, 3.0], dtype=torch.float64)
+    to_ours = lambda xy: (xy + 0.3) * scale - 1  # noqa: E731  as datasets.moons
+    return [
+        GaussianMixture(torch.ones(arc_points), to_ours(arc), 0.03 * scale)
+        for arc in (upper, lower)
+    ]
+
+
+def circle(radii: int = 12, angles: int = 24) -> GaussianMixture:
+    """datasets.circle in closed form, to a fine approximation: 17 clusters (the directions of a
+    5 x 5 grid, weighted by how many grid points share each, and the centre), each a disk of
+    radius 0.09 whose radius is uniform (not its area). Each disk is radii x angles Gaussians at
+    the midpoints of even steps in radius and angle, of std half a radial step (0.004)."""
+    grid = torch.arange(-2, 3, dtype=torch.float64)
+    points = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)  # (25, 2)
+    norms = points.norm(dim=1, keepdim=True)
+    directions, counts = torch.unique(
+        (points / norms.clamp_min(1e-10)).round(decimals=9), dim=0, return_counts=True
+    )  # 16 directions on the ring and (0, 0), each with its share of the 25 grid points
+    r = (torch.arange(radii, dtype=torch.float64) + 0.5) / radii * 0.09
+    theta = (torch.arange(angles, dtype=torch.float64) + 0.5) / angles * 2 * np.pi
+    disk = (r[:, None, None] * torch.stack((theta.cos(), theta.sin()), -1)).reshape(-1, 2)
+    means = (3 * directions[:, None, :] + disk[None]).reshape(-1, 2)  # (17 * radii * angles, 2)
+    weights = counts.double().repeat_interleave(len(disk))
+    return GaussianMixture(weights, means, torch.full((2,), 0.045 / radii, dtype=torch.float64))
 
 
 def datasaurus(shape: str, data_dir: str | None = None) -> GaussianMixture:
@@ -98,26 +187,40 @@ def empirical(points: np.ndarray) -> GaussianMixture:
 
 def class_mixtures(dataset: datasets.Dataset, data_dir: str | None = None) -> list:
     """The true distribution of each class of `dataset` and, last, of the whole dataset: a
-    Datasaurus shape (or a list of them) in closed form, else an empirical one (a file's own
-    rows, or EMPIRICAL_POINTS fresh draws)."""
+    Datasaurus shape (or a list of them), moons, line or circle in closed form, else an
+    empirical one (a file's training rows, or EMPIRICAL_POINTS fresh draws of a list)."""
+    if not dataset.is_file and dataset.name in CLOSED_FORMS:
+        return CLOSED_FORMS[dataset.name]()
     names = dataset.name.split(",")
     if not dataset.is_file and all(name in datasets.DATASAURUS_SHAPES for name in names):
         shapes = [datasaurus(datasets.DATASAURUS_SHAPES[name], data_dir) for name in names]
-        if len(shapes) == 1:
-            return shapes
         # the classes in equal shares (datasets._mixture)
-        whole = GaussianMixture(
-            torch.cat([shape.log_weights.exp() for shape in shapes]),
-            torch.cat([shape.means for shape in shapes]),
-            torch.cat([shape.var.sqrt() for shape in shapes]),
-        )
-        return shapes + [whole]
+        return shapes if len(shapes) == 1 else shapes + [_whole(shapes)]
     if dataset.is_file:
         points, labels = dataset.train_set()
     else:
         points, labels = dataset.draw(EMPIRICAL_POINTS, EMPIRICAL_SEED)
     per_class = [empirical(points[labels == k]) for k in range(len(dataset.classes))]
     return per_class + [empirical(points)]
+
+
+def _whole(parts: list[GaussianMixture]) -> GaussianMixture:
+    """The mixture of parts in equal shares."""
+    return GaussianMixture(
+        torch.cat([part.log_weights.exp() for part in parts]),
+        torch.cat([part.means for part in parts]),
+        torch.cat([part.var.sqrt() for part in parts]),
+    )
+
+
+# The generators of datasets.py written as densities: one per class, then the whole.
+CLOSED_FORMS = {
+    "moons": lambda: moons() + [_whole(moons())],
+    "line": lambda: [
+        UniformBox([-2.0, -4.0], [2.0, 4.0])
+    ],  # datasets.line: U(-0.5, 0.5) x U(-1, 1), times 4
+    "circle": lambda: [circle()],
+}
 
 
 class ExactDenoiser(nn.Module):

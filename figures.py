@@ -43,12 +43,6 @@ SNAPSHOTS = 6  # panels in the forward and reverse figures
 DDPM = ["--method", "ddpm", "--input_scale", "25", "--lr_decay", "none", "--learning_rate", "3e-3"]
 
 
-def load_sampler(checkpoint_path: Path):
-    """The EMA model, method, clip range and config of a run's model.pth."""
-    run, _ = likelihood.load_run(checkpoint_path)
-    return run.ema.module.eval(), run.method, run.clip_range, run.config
-
-
 def forward_process(config: dict, n: int = 1000, seed: int = 0) -> list[tuple[int, np.ndarray]]:
     """(t, x_t) for t = 0..T: the data, then ever noisier (Ho et al. 2020, eq. 4)."""
     betas = ddpm.BETA_SCHEDULES[config["beta_schedule"]](config["num_timesteps"])
@@ -71,10 +65,15 @@ def reverse_process(
     """(sigma, x) from sigma_max down to 0 with the run's EMA model and sampler.
 
     x is shown as x / sqrt(1 + sigma^2), DDPM's x_t: the noise of every method stays in view."""
-    model, method, clip_range, config = load_sampler(checkpoint_path)
+    run, _ = likelihood.load_run(checkpoint_path)
     generator = torch.Generator().manual_seed(seed)
-    options = ddpm.sampling_options(config) | {"guidance_scale": 1.0}
-    steps = ddpm.reverse_process(model, method, n, generator, clip_range=clip_range, **options)
+    options = ddpm.sampling_options(run.config) | {"guidance_scale": 1.0}
+    # unconditional: the clip range and the start (init_noise "data") of all the data
+    options |= {
+        "clip_range": run.clip_range,
+        "start_moments": torch.var_mean(run.data, 0, correction=0)[::-1],
+    }
+    steps = ddpm.reverse_process(run.ema.module.eval(), run.method, n, generator, **options)
     return [(sigma, (x / math.sqrt(1 + sigma**2)).numpy()) for sigma, x in steps]
 
 
@@ -295,6 +294,7 @@ def main(argv=None) -> None:
         help="only the table of methods x samplers x NFE with the exact denoiser's limits",
     )
     args = parser.parse_args(argv)
+    options.use_run_threads()  # as ddpm.py and likelihood.py: one thread on a shared machine
     try:
         run_folder.check_writable(args.exps_dir)
     except options.UsageError as err:

@@ -315,8 +315,9 @@ def build_parser(choices: dict) -> ArgumentParser:
     parser.add_argument(
         "--init_noise",
         default="scaled",
-        choices=("scaled", "unscaled"),
-        help="start from sigma_max * eps (scaled) or from eps (unscaled, Diamond's sampler)",
+        choices=("data", "scaled", "unscaled"),
+        help="start from the Gaussian with the noisy data's mean and variance, of each sample's "
+        "class (data), from sigma_max * eps (scaled), or from eps (unscaled, Diamond's sampler)",
     )
     parser.add_argument(
         "--eta",

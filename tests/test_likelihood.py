@@ -96,6 +96,36 @@ def test_the_nll_of_a_trained_run_prints_the_line(tmp_path, capsys):
 
 def test_the_exact_nll_refuses_a_dataset_without_a_closed_form_density(capsys):
     with pytest.raises(SystemExit) as refused:
-        likelihood.main(["--exact", "--dataset", "moons"])
+        likelihood.main(["--exact", "--dataset", "moons,line"])
     assert refused.value.code == 2
     assert "closed-form density" in capsys.readouterr().err
+
+
+@pytest.fixture
+def two_threads():
+    """torch on two threads for the test, the thread count as it was after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("omp_num_threads", [None, "2"])
+def test_the_nll_command_runs_on_one_thread_unless_omp_num_threads_says(
+    omp_num_threads, two_threads, monkeypatch, capsys
+):
+    # On a shared 2-core machine two threads made the ODE's ~46,000 ops wait for each other:
+    # 1000 points took up to 190 s instead of 5-8 s on one thread, as a run trains.
+    if omp_num_threads is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp_num_threads)
+    threads = []
+
+    def report(args):  # what the ODE would run on, without running it
+        threads.append(torch.get_num_threads())
+        return ["NLL"]
+
+    monkeypatch.setattr(likelihood, "report", report)
+    assert likelihood.main(["exps/any"]) == 0
+    assert threads == [1 if omp_num_threads is None else 2]

@@ -192,6 +192,25 @@ def test_unscaled_initial_noise_shrinks_the_spread_by_sigma_max():
     assert unscaled.std().item() == pytest.approx(2 / math.sqrt(104), rel=0.03)
 
 
+def test_the_data_start_carries_an_off_centre_gaussian_exactly_and_the_scaled_one_does_not():
+    # The ODE maps x at sigma_max to mu + (x - mu) sqrt(s^2 + sigma^2) / sqrt(s^2 + sigma_max^2):
+    # a start centred on 0 instead of mu ends off by mu s / sqrt(s^2 + sigma_max^2).
+    mu, s = torch.tensor([3.0, -2.0]), 0.5
+    gaussian = Gaussian(mu.tolist(), s)
+    gaussian.sigma_max = 10.0
+    options = dict(sampler="heun", num_inference_steps=40)
+    moments = (mu, torch.full((2,), s**2))
+    generator = torch.Generator().manual_seed(0)
+    data = ddpm.sample(
+        None, gaussian, 20_000, generator, init_noise="data", start_moments=moments, **options
+    )
+    scaled = ddpm.sample(None, gaussian, 20_000, generator, init_noise="scaled", **options)
+    assert torch.allclose(data.mean(0), mu, atol=0.01)
+    assert data.std(0).tolist() == pytest.approx([s, s], rel=0.02)
+    offset = (mu * s / math.sqrt(s**2 + 10.0**2)).tolist()  # (0.15, -0.10)
+    assert (mu - scaled.mean(0)).tolist() == pytest.approx(offset, abs=0.01)
+
+
 @pytest.mark.parametrize("sampler", ddpm.SAMPLERS)
 def test_nfe_counts_the_network_evaluations(sampler):
     gaussian = Gaussian([0.0, 0.0], 1.0)
