@@ -1,10 +1,9 @@
 """tiny-diffusion: diffusion models on 2D points, DDPM first (Ho et al. 2020).
 
 It reads top to bottom like the paper: noise schedule -> forward process q(x_t | x_0)
--> denoiser -> training loss -> reverse steps -> training loop -> CLI. Section 3 then writes
-DDPM, flow matching and EDM as one family, a denoiser D(x; sigma) each (Karras et al. 2022),
-so that every sampler of section 5 (DDPM, DDIM, Euler, Heun) works with every method.
-
+-> denoiser -> training loss -> reverse steps -> training loop -> CLI. Section 3 writes DDPM,
+flow matching and EDM as one family, a denoiser D(x; sigma) each (Karras et al. 2022), so that
+every sampler of section 5 (DDPM, DDIM, Euler, Heun, the reverse SDE) works with every method.
 Timesteps are 0-based in code: t = 0..T-1 here is the paper's t = 1..T.
 
     python ddpm.py --dataset dino
@@ -177,7 +176,7 @@ class DDPM:
     In VE terms (Karras et al. 2022, Table 1, "VP"): sigma_t = sqrt((1 - alpha_bar_t) /
     alpha_bar_t) and x_t = sqrt(alpha_bar) x with alpha_bar = 1 / (1 + sigma^2)."""
 
-    grid, sampler, steps = "timesteps", "ddpm", None  # sampling defaults: every trained step
+    grid, sampler, steps, s_churn = "timesteps", "ddpm", None, 0.0  # sampling: every trained step
 
     def __init__(self, betas: torch.Tensor, sigma_min: float, sigma_max: float):
         self.schedule = NoiseSchedule(betas)
@@ -220,7 +219,7 @@ class Flow:
 
     In VE terms sigma = t / (1 - t) and x_t = x / (1 + sigma); t = 1 is sigma = inf."""
 
-    grid, sampler, steps = "uniform_t", "heun", 12  # sampling defaults
+    grid, sampler, steps, s_churn = "uniform_t", "heun", 12, 0.0  # sampling defaults
 
     def __init__(self, flow_t: str, sigma_min: float, sigma_max: float):
         self.draw_t, self.flow_t = FLOW_T[flow_t], flow_t  # how training draws t, by name
@@ -246,7 +245,7 @@ class EDM:
     The preconditioning (their Table 1) keeps F's input and target at unit variance for data of
     standard deviation sigma_data."""
 
-    grid, sampler, steps = "karras", "heun", 12  # sampling defaults: 23 network evaluations
+    grid, sampler, steps, s_churn = "karras", "heun", 12, 2.0  # sampling: 23 NFE, with churn
 
     def __init__(self, sigma_data: float, P_mean: float, P_std: float, sigma_min, sigma_max):
         self.sigma_data, self.P_mean, self.P_std = sigma_data, P_mean, P_std
@@ -627,9 +626,10 @@ def sampling_options(config: dict) -> dict:
     of steps where the config leaves them open."""
     method = METHODS[config["method"]]
     steps = config["num_inference_steps"] or method.steps or config["num_timesteps"]
-    given = ("eta", "s_churn", "init_noise", "guidance_scale", "guidance_interval")
+    given = ("eta", "init_noise", "guidance_scale", "guidance_interval")
     return {
         "sampler": config["sampler"] or method.sampler,
+        "s_churn": method.s_churn if config["s_churn"] is None else config["s_churn"],
         "grid": config["grid"] or method.grid,
         "num_inference_steps": steps,
     } | {name: config[name] for name in given}

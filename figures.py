@@ -41,6 +41,7 @@ SNAPSHOTS = 6  # panels in the forward and reverse figures
 # The original's ablations, the DDIM sweeps and the guidance model are DDPM's: the defaults before
 # EDM became the default (README, "Ablations").
 DDPM = ["--method", "ddpm", "--input_scale", "25", "--lr_decay", "none", "--learning_rate", "3e-3"]
+DDPM += ["--init_noise", "scaled"]
 
 
 def forward_process(config: dict, n: int = 1000, seed: int = 0) -> list[tuple[int, np.ndarray]]:
@@ -236,6 +237,8 @@ def guidance_sweep(exps_dir: Path) -> str:
                     *interval.split(),
                     "--seed",
                     seed,
+                    "--init_noise",
+                    "scaled",  # as the README's guidance table was measured
                 ]
                 out = ablate.run_once(args, exps_dir)
                 metrics = ablate.score(out)

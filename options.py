@@ -308,13 +308,13 @@ def build_parser(choices: dict) -> ArgumentParser:
     parser.add_argument(
         "--s_churn",
         type=finite(float),
-        default=0.0,
+        default=None,
         help="stochastic churn of Karras et al. 2022, Alg. 2: noise added back before each "
-        "step (0: none)",
+        "step (0: none; default: the method's own, 2 for edm, 0 for ddpm and flow)",
     )
     parser.add_argument(
         "--init_noise",
-        default="scaled",
+        default="data",
         choices=("data", "scaled", "unscaled"),
         help="start from the Gaussian with the noisy data's mean and variance, of each sample's "
         "class (data), from sigma_max * eps (scaled), or from eps (unscaled, Diamond's sampler)",
@@ -383,7 +383,7 @@ def check_config(config: dict) -> None:
         )
     if not 0 <= config["held_out"] < 1:
         raise UsageError(f"--held_out must be in [0, 1), got {config['held_out']}")
-    if config["s_churn"] < 0:
+    if config["s_churn"] is not None and config["s_churn"] < 0:
         raise UsageError(f"--s_churn must be at least 0, got {config['s_churn']:g}")
     if not 0 <= config["ema_decay"] < 1:
         raise UsageError(f"--ema_decay must be in [0, 1), got {config['ema_decay']}")
