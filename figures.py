@@ -176,7 +176,13 @@ def draw_headline(dino: Path) -> None:
     """The default dino run's pictures in static/: samples, processes, animation, loss."""
     draw_process_figures(dino, STATIC_DIR)
     samples = np.load(dino / "frames.npy")[-1]
-    plots.save_samples(samples, STATIC_DIR / "dino_samples.png", "dino: 1000 samples")
+    m = json.loads((dino / "metrics.json").read_text())
+    title = (
+        f"{len(samples)} samples: W2 ratio {m['w2_ratio']:.2f}, "
+        f"precision {m['precision']:.2f}, recall {m['recall']:.2f}"
+    )
+    data = datasets.load("dino").draw(len(samples), seed=1)[0]
+    plots.save_samples(data, samples, STATIC_DIR / "dino_samples.png", title)
     shutil.copy(dino / "loss.png", STATIC_DIR / "loss.png")
 
 

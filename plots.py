@@ -34,13 +34,20 @@ def _style(labels=None, point=POINT) -> dict:
     return point | {"c": labels, "cmap": "tab10", "vmin": 0, "vmax": 9}
 
 
-def save_samples(points: np.ndarray, path: Path, title: str) -> None:
-    """One large scatter plot of (N, 2) samples: the README's headline picture."""
-    fig, ax = plt.subplots(figsize=(LARGE_INCHES, LARGE_INCHES))
-    _square_axes(ax)
-    ax.scatter(points[:, 0], points[:, 1], **_style(point=SMALL_POINT))
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+def save_samples(data: np.ndarray, samples: np.ndarray, path: Path, title: str) -> None:
+    """The README's headline picture: true points (N, 2) beside the samples (N, 2), both zoomed
+    to the data's square box, with points large enough that the dino's dotted strokes show."""
+    centre = (data.min(0) + data.max(0)) / 2
+    half = (data.max(0) - data.min(0)).max() / 2 * 1.08
+    fig, axes = plt.subplots(1, 2, figsize=(2 * LARGE_INCHES, LARGE_INCHES))
+    for ax, points, name in zip(
+        axes, (data, samples), (f"the data, {len(data)} fresh draws", title)
+    ):
+        ax.scatter(points[:, 0], points[:, 1], s=5, alpha=0.7, linewidths=0, color="tab:blue")
+        _square_axes(ax, (centre[0] - half, centre[0] + half, centre[1] - half, centre[1] + half))
+        ax.set_aspect("equal")
+        ax.set_title(name, fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))  # room for the titles above the square panels
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
 

@@ -60,10 +60,10 @@ def test_forward_reverse_figures_and_the_animation(tiny_run, tmp_path):
     assert image_size(gif) == ((side, side), (10 + 1) + (12 + 1))
 
 
-def test_the_headline_samples_picture_is_480_px_wide(tiny_run, tmp_path):
+def test_the_headline_picture_shows_the_data_beside_the_samples_480_px_high(tiny_run, tmp_path):
     points = np.load(tiny_run / "frames.npy")[-1]
-    plots.save_samples(points, tmp_path / "samples.png", "moons")
-    assert image_size(tmp_path / "samples.png") == ((480, 480), 1)
+    plots.save_samples(points + 1, points, tmp_path / "samples.png", "moons")
+    assert image_size(tmp_path / "samples.png") == ((960, 480), 1)
 
 
 def test_forward_process_ends_in_noise_and_reverse_process_ends_near_the_data(tiny_run):
