@@ -622,8 +622,8 @@ def make_model(config: dict, num_classes: int = 0) -> MLP:
 
 
 def sampling_options(config: dict) -> dict:
-    """reverse_process's options from a run's config; the method's own sampler, grid and number
-    of steps where the config leaves them open."""
+    """reverse_process's options from a run's config; the method's own sampler, churn, grid and
+    number of steps where the config leaves them open."""
     method = METHODS[config["method"]]
     steps = config["num_inference_steps"] or method.steps or config["num_timesteps"]
     given = ("eta", "init_noise", "guidance_scale", "guidance_interval")
