@@ -18,7 +18,7 @@ import datasets
 
 # Other datasets are replaced by this many fresh draws, each a component of std 0.
 EMPIRICAL_POINTS, EMPIRICAL_SEED = 10_000, 4242
-ROWS_PER_CHUNK = 2**21  # bounds the (rows, K, 2) intermediates at ~32 MB each
+ROWS_PER_CHUNK = 2**19  # bounds the (rows, K, 2) intermediates at ~8 MB each
 
 
 class GaussianMixture(nn.Module):
