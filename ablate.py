@@ -105,7 +105,7 @@ def sweep(
                 e for e in range(config["num_epochs"]) if ddpm.is_frame_epoch(e, config)
             ]
             col_labels = [f"epoch {frame_epochs[i]}" for i in shown]
-        labels.append(f"{value}\nW2 ratio {metrics['w2_ratio']:.2f}")
+        labels.append(f"{value}\nW2 {metrics['w2_ratio']:.2f}, P {metrics['precision']:.2f}")
         row = {
             param: value,
             "dataset": config["dataset"],
