@@ -437,11 +437,19 @@ def check_grid(config: dict, sampling: dict) -> None:
 
 
 def check_dataset(config: dict, dataset: datasets.Dataset) -> None:
-    """What depends on the dataset and the machine: the class asked for, the memory needed."""
+    """What depends on the dataset and the machine: the class asked for, a file's held-out rows
+    (one of each class at least), the memory needed."""
     if config["class_label"] is not None and config["class_label"] not in dataset.classes:
         raise UsageError(
             f"--class_label {config['class_label']!r} is not a class of {dataset.name}: "
             f"its classes are {', '.join(dataset.classes) or 'none'}"
+        )
+    held = dataset.unseen_counts
+    if held is not None and not held.all():  # a class of one row: trained on, never held out
+        name = dataset.classes[int((held == 0).argmax())] if dataset.classes else "its rows"
+        raise UsageError(
+            f"{dataset.name}: class {name!r} has no held-out row to score against (it has one "
+            "row); give it more rows, or --held_out 0 to score against the training rows"
         )
     if resolve_device(config["device"]).type == "cpu" and hasattr(os, "sysconf"):
         check_memory(config)  # on a GPU torch raises its out-of-memory error in time

@@ -463,6 +463,19 @@ def test_the_write_check_leaves_no_run_behind(capsys, tmp_path, no_training):
         ddpm.main([*TINY, "--exps_dir", str(tmp_path)])
 
 
+def test_a_class_of_one_row_is_refused_before_training_unless_nothing_is_held_out(
+    capsys, tmp_path, no_training
+):
+    path = tmp_path / "pts.csv"
+    rows = [f"{k},{k % 7},a" for k in range(30)] + ["5,5,lonely"]
+    path.write_text("x,y,label\n" + "\n".join(rows) + "\n")
+    code, err = cli(capsys, *TINY, "--dataset", str(path), "--exps_dir", str(tmp_path))
+    assert_one_line_error(code, err, "class 'lonely' has no held-out row", "--held_out 0")
+    assert not no_training
+    with pytest.raises(Started):
+        ddpm.main([*TINY, "--dataset", str(path), "--exps_dir", str(tmp_path), "--held_out", "0"])
+
+
 @pytest.mark.parametrize(
     "rows, phrase",
     [
