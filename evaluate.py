@@ -27,6 +27,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
+import checkpoints
 import datasets
 import options
 
@@ -253,7 +254,7 @@ def load_run_frame(path: Path, frame: int, dataset: str | None, data_dir: str | 
         raise options.UsageError(f"{config_path} cannot be read ({err})") from None
     if dataset is None and "dataset" not in config:
         raise options.UsageError(f"no --dataset given and no dataset in {config_path}")
-    held_out = config.get("held_out", 0.0)  # a run from before --held_out trained on every row
+    held_out = (checkpoints.LEGACY_CONFIG | config)["held_out"]  # as the run was trained
     dataset = datasets.load(dataset or config["dataset"], data_dir, held_out)
     labels_path = frames_path.parent / "frame_labels.npy"
     labels = np.load(labels_path) if labels_path.is_file() and dataset.classes else None
@@ -275,11 +276,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=options.seed, default=0, help="seed of the reference draws")
     parser.add_argument("--data_dir", help="folder holding DatasaurusDozen.tsv")
     args = parser.parse_args(argv)
-    try:
+    with options.errors_in_one_line(parser):
         points, labels, dataset = load_run_frame(args.path, args.frame, args.dataset, args.data_dir)
         print(format_metrics(evaluate(points, dataset, args.seed, labels=labels)))
-    except (options.UsageError, datasets.DatasetError) as err:
-        parser.error(str(err))
     return 0
 
 

@@ -174,9 +174,9 @@ def report(args) -> list[str]:
         dataset = datasets.load(args.dataset, args.data_dir)
         if closed_form(dataset) is None:
             raise options.UsageError("--exact needs a dataset with a closed-form density: a shape")
-        model = exact.ExactDenoiser(exact.class_mixtures(dataset))
-        prior = moment_gaussian(torch.from_numpy(dataset.train_set()[0]))
         shift, scale = torch.zeros(2), torch.ones(2)
+        model = exact.denoiser_of(dataset, args.data_dir, shift, scale)
+        prior = moment_gaussian(torch.from_numpy(dataset.train_set()[0]))
         sigma_max = ddpm.build_parser().get_default("sigma_max")  # as a run's default
         model_nll = partial(
             nll,
@@ -278,7 +278,7 @@ def main(argv=None) -> int:
         parser.error("--points and --plot need a run's folder, not --exact")
     if args.out and not args.points:
         parser.error("--out goes with --points")
-    try:
+    with options.errors_in_one_line(parser):
         if args.points or args.plot:
             path = args.path / "model.pth" if args.path.is_dir() else args.path
             run, dataset = load_run(path, args.data_dir)
@@ -288,8 +288,6 @@ def main(argv=None) -> int:
                 plot_log_p(run, dataset, args.plot, args.steps)
         else:
             print("\n".join(report(args)))
-    except (options.UsageError, datasets.DatasetError) as err:
-        parser.error(str(err))
     return 0
 
 
