@@ -29,6 +29,8 @@ MODEL_FIELDS = (
     "time_embedding",
     "input_embedding",
     "input_scale",
+    "reflow",
+    "reflow_pairs",
 )
 # Where and how, not what, is trained: never taken from a resumed run's config.
 RUN_FIELDS = (
@@ -59,6 +61,7 @@ CHECKPOINT_KEYS = {
 # What a config saved before these options existed meant, whatever their defaults are now.
 LEGACY_CONFIG = {"method": "ddpm", "sigma_data": None, "input_scale": 25.0, "activation": "gelu"}
 LEGACY_CONFIG |= {"denoiser": "mlp", "held_out": 0.0}  # a file's runs trained on every row
+LEGACY_CONFIG |= {"reflow": None, "reflow_pairs": None}  # no teacher
 
 
 def state_of(run) -> dict:
@@ -82,7 +85,29 @@ def state_of(run) -> dict:
         "shift": run.shift,
         "scale": run.scale,
         "sigma_data": run.sigma_data,
-    }
+    } | ({"pairs": _on_cpu(run.pairs)} if run.pairs else {})
+
+
+def _on_cpu(pairs: dict) -> dict:
+    return {key: value.cpu() if torch.is_tensor(value) else value for key, value in pairs.items()}
+
+
+def teacher_config(config: dict, checkpoint: dict) -> dict:
+    """The config a --reflow teacher is rebuilt with: its own, on this run's device and data."""
+    here = {field: config[field] for field in ("device", "data_dir")}
+    return checkpoint["config"] | here | {"resume": False}
+
+
+def with_teacher(config: dict, explicit: dict, device: torch.device) -> dict:
+    """The config of a reflow run (--reflow): a flow on the teacher's dataset, the teacher's
+    model.pth checked to load."""
+    teacher = load(Path(config["reflow"]), device)
+    if explicit.get("method", "flow") != "flow" or config["denoiser"] == "exact":
+        raise options.UsageError(
+            "--reflow trains a flow on the teacher's pairs: drop --method and --denoiser"
+        )
+    fields = ("dataset", "held_out")
+    return merge_config(config, explicit, teacher["config"], fields) | {"method": "flow"}
 
 
 def restore(run, checkpoint: dict, resume: bool) -> None:
@@ -175,6 +200,8 @@ def prepare(parser, argv, sampling_options) -> tuple[dict, datasets.Dataset, dic
     out_dir = Path(config["exps_dir"]) / config["experiment_name"]
     replacing = not config["resume"] and out_dir.is_dir() and any(out_dir.iterdir())
     config, checkpoint = starting_point(config, explicit, device)
+    if config["reflow"] and "pairs" not in (checkpoint or {}):  # the pairs are still to draw
+        config = with_teacher(config, explicit, device)
     options.check_grid(config, sampling_options(config))
     # the checkpoint's, if any
     dataset = datasets.load(config["dataset"], config["data_dir"], config["held_out"])

@@ -281,11 +281,12 @@ METHODS = {"ddpm": DDPM, "flow": Flow, "edm": EDM}
 
 # ----------------------------------------------------------------------------- 4. Training loss
 def loss_fn(
-    model: nn.Module, method, x_0: torch.Tensor, c=None, cond_drop_prob=0.0
+    model: nn.Module, method, x_0: torch.Tensor, c=None, cond_drop_prob=0.0, eps=None
 ) -> torch.Tensor:
     """The plain MSE of the network's output against the method's target, at a noise level
-    drawn per point; c (B,): the points' classes, hidden at random (cond_drop_prob)."""
-    eps = torch.randn_like(x_0)
+    drawn per point; c (B,): the points' classes, hidden at random (cond_drop_prob).
+    eps (B, 2): the noise coupled to each x_0 (reflow, sec. 6); default fresh noise."""
+    eps = torch.randn_like(x_0) if eps is None else eps
     x_in, time_in, target = method.training_example(x_0, eps)
     if c is not None:
         # classifier-free guidance: the same model also learns p(x) (Ho & Salimans 2022, Alg. 1)
@@ -503,6 +504,19 @@ def sample(model, method, n, generator, **options) -> torch.Tensor:
     return x_0
 
 
+def straightness(path: list) -> float:
+    """Liu et al. 2023, eq. 3 in discrete form: the mean over a chain's steps (weighted by their
+    length in t) of |(eps - x_0) - v|^2, v the step's velocity dx_t/dt, in flow's coordinates
+    x_t = x / (1 + sigma), t = sigma / (1 + sigma): 0 when every path is a straight line walked
+    at constant speed. path: reverse_process's (sigma, x (n, 2)), noise first."""
+    t = torch.tensor([sigma / (1 + sigma) for sigma, _ in path])  # (N + 1,), falling to 0
+    x_t = torch.stack([x / (1 + sigma) for sigma, x in path]).cpu().double()  # (N + 1, n, 2)
+    dt = (t[:-1] - t[1:]).double()  # (N,)
+    v = (x_t[:-1] - x_t[1:]) / dt[:, None, None]  # (N, n, 2): each step's velocity
+    v_mean = (x_t[0] - x_t[-1]) / dt.sum()  # (n, 2): the straight line's, eps - x_0 at t = 1
+    return ((dt[:, None] * ((v - v_mean) ** 2).sum(-1)).sum(0) / dt.sum()).mean().item()
+
+
 # ----------------------------------------------------------------------------- 6. Training loop
 # Predicting eps = 0 scores 1; a loss this large (or NaN) means the optimisation has blown up.
 DIVERGED_LOSS = 1e3
@@ -522,7 +536,8 @@ def train(run: "Run") -> str:
             order = torch.randperm(len(data), device=data.device)
             for batch in order.split(config["train_batch_size"]):
                 c = None if run.labels is None else run.labels[batch]
-                run.losses[step] = train_step(run, data[batch], c)
+                eps = None if run.noise is None else run.noise[batch]  # reflow's pairs
+                run.losses[step] = train_step(run, data[batch], c, eps)
                 step += 1
             epoch_losses = run.losses[step - B : step]  # read with one sync per epoch
             epoch_loss, worst = torch.stack((epoch_losses.mean(), epoch_losses.max())).tolist()
@@ -538,9 +553,10 @@ def train(run: "Run") -> str:
     return "done"
 
 
-def train_step(run: "Run", x_0: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-    """One AdamW step on a batch x_0 (B, 2) of classes c (B,); returns the loss, not waiting."""
-    loss = loss_fn(run.model, run.method, x_0, c, run.config["cond_drop_prob"])
+def train_step(run: "Run", x_0: torch.Tensor, c=None, eps=None) -> torch.Tensor:
+    """One AdamW step on a batch x_0 (B, 2) of classes c (B,) (and reflow's noise eps (B, 2));
+    returns the loss, not waiting."""
+    loss = loss_fn(run.model, run.method, x_0, c, run.config["cond_drop_prob"], eps)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(run.model.parameters(), 1.0, foreach=True)
@@ -589,16 +605,21 @@ def sample_frame(run: "Run") -> None:
     run.frame_seconds += time.perf_counter() - tic
 
 
+def class_shares(labels: torch.Tensor | None, num_classes: int, n: int) -> torch.Tensor | None:
+    """The (n,) classes of n points, every class in its share of labels (None without classes)."""
+    if not num_classes:
+        return None
+    in_data = np.bincount(labels.cpu().numpy(), minlength=num_classes)
+    counts = torch.from_numpy(evaluate.shares_of(in_data, n)).to(labels.device)
+    return torch.repeat_interleave(torch.arange(num_classes, device=labels.device), counts)
+
+
 def frame_classes(config: dict, labels: torch.Tensor | None, classes: list) -> torch.Tensor | None:
     """The (n,) class of each frame point: --class_label, else every class in its data share."""
-    if not classes:
-        return None
-    n, device = config["eval_batch_size"], labels.device
-    if config["class_label"] is not None:
-        return torch.full((n,), classes.index(config["class_label"]), device=device)
-    in_data = np.bincount(labels.cpu().numpy(), minlength=len(classes))
-    counts = torch.from_numpy(evaluate.shares_of(in_data, n)).to(device)
-    return torch.repeat_interleave(torch.arange(len(classes), device=device), counts)  # (n,)
+    n = config["eval_batch_size"]
+    if classes and config["class_label"] is not None:
+        return torch.full((n,), classes.index(config["class_label"]), device=labels.device)
+    return class_shares(labels, len(classes), n)
 
 
 def make_method(config: dict, sigma_data: float, device="cpu"):
@@ -660,11 +681,16 @@ class Run:
         # init_noise "data" starts from the mean and variance of each frame point's class, (n, 2)
         groups = [data[labels == k] for k in range(len(self.classes))] if self.classes else [data]
         pairs = [torch.var_mean(group, 0, correction=0) for group in groups]
-        var, mean = (torch.stack(moment) for moment in zip(*pairs))  # (classes or 1, 2) each
-        c = 0 if self.frame_classes is None else self.frame_classes
-        self.moments = mean[c], var[c]
+        self.class_vars, self.class_means = (torch.stack(moment) for moment in zip(*pairs))
+        self.moments = self.start_moments(self.frame_classes)
         self.epoch, self.frames, self.frame_epochs, self.frame_seconds = 0, [], [], 0.0
         self.denoiser = self.ema.module  # what frames are sampled with (or exact.ExactDenoiser)
+        self.pairs, self.noise = None, None  # reflow's: the teacher's pairs, their eps
+
+    def start_moments(self, c: torch.Tensor | None) -> tuple:
+        """init_noise "data"'s (mean, var) of each point's class c (n,), (n, 2) each."""
+        c = 0 if c is None else c  # (classes or 1, 2) -> (n, 2) or (2,)
+        return self.class_means[c], self.class_vars[c]
 
 
 def make_run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None) -> Run:
@@ -677,12 +703,16 @@ def make_run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = 
         shift, scale = points.mean(0), points.std(0)  # > 0: datasets refuses flat files
     else:
         shift, scale = torch.zeros(2), torch.ones(2)
-    data = ((points - shift) / scale).to(device)
+    data, pairs = ((points - shift) / scale).to(device), None
+    labels = labels.to(device) if dataset.classes else None
+    if config["reflow"]:  # the teacher's pairs instead, in its units (kept in the checkpoint)
+        pairs = (checkpoint or {}).get("pairs") or teacher_pairs(config, dataset)
+        data, labels, shift, scale = (pairs[key] for key in ("x_0", "labels", "shift", "scale"))
     # EDM's sigma_data: --sigma_data, else the std of the training data's coordinates,
     # measured once and kept in the checkpoint so the model is always preconditioned alike
     sigma_data = config["sigma_data"] or (checkpoint or {}).get("sigma_data") or data.std().item()
-    labels = labels.to(device) if dataset.classes else None
     run = Run(config, data, labels, dataset.classes, shift, scale, sigma_data)
+    run.pairs, run.noise = pairs, pairs["eps"] if pairs else None
     if checkpoint:
         checkpoints.restore(run, checkpoint, config["resume"])
     if config["denoiser"] == "exact":  # the true distribution's, in training units
@@ -690,6 +720,52 @@ def make_run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = 
     if dataset.is_file:
         run.plot_limits = plots.padded_limits(points.numpy())
     return run
+
+
+# Reflow (Liu et al. 2023, sec. 2.2 and Alg. 1): a trained model's ODE couples each noise eps with
+# the point x_0 it carries eps to. A flow trained on these pairs in place of independent ones
+# (x_t = (1 - t) x_0 + t eps, the same loss) has paths that cross less: they are straighter, and a
+# few Euler steps suffice. Any model with an ODE can teach: flow, EDM, DDPM (as DDIM).
+REFLOW_SAMPLING = {"sampler": "heun", "grid": "karras", "num_inference_steps": 12, "s_churn": 0.0}
+
+
+def reflow_pairs(teacher: Run, m: int, generator: torch.Generator) -> dict:
+    """m chains of the teacher's ODE (REFLOW_SAMPLING, its start and clipping): x_0 (m, 2) where
+    each ends, and eps (m, 2) such that it starts at x_0 + sigma_max eps; labels (m,): classes.
+
+    This eps, not the start's own noise, makes the teacher's start the student's noisy point at
+    sigma_max, where the student's chains begin: its marginal there is then the start's
+    Gaussian exactly. (x_0 and eps are coupled, so x_0 + sigma_max eps is not x_0 + noise.)"""
+    c = class_shares(teacher.labels, len(teacher.classes), m)
+    clip_range = teacher.clip_range if teacher.config["clip_x0"] else None
+    options = sampling_options(teacher.config) | REFLOW_SAMPLING
+    start = {"start_moments": teacher.start_moments(c), "clip_range": clip_range, "c": c}
+    chain = reverse_process(teacher.denoiser, teacher.method, m, generator, **start, **options)
+    (sigma_max, x_start), *_, (_, x_0) = chain
+    eps = (x_start - x_0) / sigma_max
+    return {"x_0": x_0.clone(), "eps": eps.clone(), "labels": c}  # clones can be trained on
+
+
+def teacher_pairs(config: dict, dataset: datasets.Dataset) -> dict:
+    """--reflow_pairs pairs (default: as many as its training points) of the teacher run --reflow,
+    with its units and config."""
+    tic, device = time.perf_counter(), options.resolve_device(config["device"])
+    checkpoint = checkpoints.load(Path(config["reflow"]), device)
+    teacher = make_run(checkpoints.teacher_config(config, checkpoint), dataset, checkpoint)
+    generator = torch.Generator(device).manual_seed(config["seed"])
+    pairs = reflow_pairs(teacher, config["reflow_pairs"] or len(teacher.data), generator)
+    units = {"shift": teacher.shift, "scale": teacher.scale, "teacher": teacher.config}
+    return pairs | units | {"seconds": time.perf_counter() - tic}
+
+
+def path_straightness(run: Run) -> float:
+    """The straightness of the run's own ODE, from 100 Euler steps in even t of its frame points."""
+    generator = torch.Generator(run.data.device).manual_seed(run.config["seed"])
+    fine = {"sampler": "euler", "grid": "uniform_t", "num_inference_steps": 100, "s_churn": 0.0}
+    start = {"c": run.frame_classes, "start_moments": run.moments}
+    n, options = run.config["eval_batch_size"], sampling_options(run.config) | fine
+    path = reverse_process(run.denoiser, run.method, n, generator, **start, **options)
+    return straightness(list(path))
 
 
 def run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None) -> dict:
@@ -703,6 +779,12 @@ def run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None)
         f"{state.method.summary()}; sampling: {sampling['sampler']} on the "
         f"{sampling['grid']} grid, {sampling['num_inference_steps']} steps, NFE = {num_evals}"
     )
+    if state.pairs:
+        teacher = state.pairs["teacher"]
+        tqdm.write(
+            f"reflow of {config['reflow']} ({teacher['method']}): {len(state.data)} pairs of its "
+            f"ODE, {REFLOW_SAMPLING['num_inference_steps']} heun steps on the karras grid"
+        )
     out_dir = Path(config["exps_dir"]) / config["experiment_name"]
     labels = None if state.frame_classes is None else state.frame_classes.cpu().numpy()  # (n,)
     tic = time.perf_counter()
@@ -718,8 +800,9 @@ def run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None)
         sample_frame(state)
     tic = time.perf_counter()
     metrics = evaluate.evaluate(state.frames[-1].numpy(), dataset, config["seed"], labels=labels)
-    metrics["nfe"] = num_evals
+    metrics |= {"nfe": num_evals, "straightness": path_straightness(state)}
     seconds |= {"frames": state.frame_seconds, "evaluate": time.perf_counter() - tic}
+    seconds |= {"pairs": state.pairs["seconds"]} if state.pairs else {}
     saved = checkpoints.state_of(state)
     print(run_folder.save_run(out_dir, saved, labels, state.plot_limits, metrics, seconds, started))
     return metrics

@@ -215,6 +215,8 @@ def format_metrics(metrics: dict) -> str:
         f"W2 {metrics['w2']:.4f}  floor {metrics['w2_floor']:.4f}  ratio {metrics['w2_ratio']:.3f}"
         f"  precision {metrics['precision']:.2f}  recall {metrics['recall']:.2f}"
     )
+    if "straightness" in metrics:
+        text += f"  straightness {metrics['straightness']:.3f}"
     if "off_support_fraction" in metrics:
         text += f"  off-support {100 * metrics['off_support_fraction']:.2f}%"
     if "per_class" in metrics:

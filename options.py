@@ -338,6 +338,21 @@ def build_parser(choices: dict) -> ArgumentParser:
         help="start from this model.pth (with --num_epochs 0: only sample and evaluate)",
     )
     parser.add_argument(
+        "--reflow",
+        default=None,
+        metavar="RUN",
+        help="reflow (Liu et al. 2023): train a flow on pairs (noise, point) of this run's ODE "
+        "(a run folder or its model.pth; any method), for straighter paths and few-step "
+        "sampling; a reflow of a reflow gives the 3-rectified flow",
+    )
+    parser.add_argument(
+        "--reflow_pairs",
+        type=positive(int),
+        default=None,
+        help="with --reflow: the pairs drawn from the teacher, by 12 heun steps each (default: "
+        "as many as its training points, so that --num_epochs trains as long as the teacher)",
+    )
+    parser.add_argument(
         "--save_images_step",
         type=positive(int),
         default=10,
@@ -416,6 +431,11 @@ def check_command_line(parser: argparse.ArgumentParser, argv) -> tuple[dict, dic
                 "--denoiser exact trains nothing: drop --num_epochs/--checkpoint/--resume"
             )
         config["num_epochs"] = 0
+    if config["reflow_pairs"] and not config["reflow"]:
+        raise UsageError("--reflow_pairs is the number of pairs of --reflow RUN: give both")
+    if config["reflow"]:  # a run folder means its model.pth
+        path = Path(config["reflow"])
+        config["reflow"] = explicit["reflow"] = str(path / "model.pth" if path.is_dir() else path)
     return config, explicit
 
 
