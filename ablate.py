@@ -11,6 +11,7 @@ exps/ablations/<param>.csv and .md.
 """
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -31,10 +32,12 @@ COLUMNS = 6  # saved epochs shown per row
 
 
 def _shown(key: str, value) -> str:
-    """An option's value as a folder name shows it: a checkpoint by its run's folder, a list
-    comma-joined."""
-    if key == "checkpoint":
-        return Path(value).parent.name
+    """An option's value as a folder name shows it: a checkpoint or a teacher (--reflow) by its
+    run's folder (past 40 characters by their digest: a chain of teachers stays a short name), a
+    list comma-joined."""
+    if key in ("checkpoint", "reflow"):
+        name = Path(value).parent.name
+        return name if len(name) <= 40 else hashlib.sha256(name.encode()).hexdigest()[:12]
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 

@@ -282,6 +282,121 @@ def guidance_sweep(exps_dir: Path) -> str:
     return ablate.write_table(rows, exps_dir / "ablations" / "guidance")
 
 
+# Reflow (ddpm.py, section 6): a flow, its 2- and 3-rectified flows, sampled in 1-8 Euler steps,
+# beside the default method at its own sampler and the exact denoiser's flow at the same steps.
+REFLOW_DATASETS, REFLOW_STEPS, REFLOW_SEEDS = ["dino", "moons"], [1, 2, 4, 8], ["0", "1", "2"]
+
+
+def reflow_chain(dataset: str, seed: str, exps_dir: Path) -> dict[str, Path]:
+    """The runs of one dataset and seed, trained or reused: the flow teacher, its 2- and
+    3-rectified flows, the default run (edm) and the flow reflowed from it."""
+    flow = ["--dataset", dataset, "--method", "flow", "--seed", seed]
+    runs = {"flow": ablate.run_once(flow, exps_dir)}
+    for name, teacher in (("2-rectified", "flow"), ("3-rectified", "2-rectified")):
+        runs[name] = ablate.run_once(
+            [*flow, "--reflow", str(runs[teacher] / "model.pth")], exps_dir
+        )
+    runs["edm (default)"] = ablate.run_once(["--dataset", dataset, "--seed", seed], exps_dir)
+    edm = str(runs["edm (default)"] / "model.pth")
+    runs["2-rectified, of edm"] = ablate.run_once([*flow, "--reflow", edm], exps_dir)
+    return runs
+
+
+def _seconds(run: Path) -> float:
+    """A run's training time, the drawing of its pairs included."""
+    seconds = json.loads((run / "metrics.json").read_text())["seconds"]
+    return seconds["train"] + seconds.get("pairs", 0.0)
+
+
+def _few_steps(run: Path, steps: int, seed: str, exps_dir: Path) -> Path:
+    args = ["--checkpoint", str(run / "model.pth"), "--num_epochs", "0", "--seed", seed]
+    args += ["--sampler", "euler", "--num_inference_steps", str(steps)]
+    return ablate.run_once(args, exps_dir)
+
+
+def _exact_flow(dataset: str, steps: int, seed: str, exps_dir: Path) -> Path:
+    args = ["--dataset", dataset, "--method", "flow", "--denoiser", "exact", "--seed", seed]
+    return ablate.run_once(
+        [*args, "--sampler", "euler", "--num_inference_steps", str(steps)], exps_dir
+    )
+
+
+def _triple(w2_ratio: float, precision: float, recall: float) -> str:
+    return f"{w2_ratio:.2f} / {precision:.2f} / {recall:.2f}"
+
+
+def reflow_table(exps_dir: Path) -> str:
+    """W2 ratio / precision / recall at 1, 2, 4 and 8 Euler steps of each stage, mean and worst
+    over REFLOW_SEEDS, with its straightness and training time: exps/ablations/reflow.md."""
+    scores = {}  # (dataset, model, nfe) -> [metrics of each seed]
+    for dataset, seed in ((d, s) for d in REFLOW_DATASETS for s in REFLOW_SEEDS):
+        runs = reflow_chain(dataset, seed, exps_dir)
+        sampled = [
+            (name, runs[name], _few_steps(runs[name], n, seed, exps_dir))
+            for name in ("flow", "2-rectified", "3-rectified", "2-rectified, of edm")
+            for n in REFLOW_STEPS
+        ]
+        sampled += [("edm (default)", runs["edm (default)"], runs["edm (default)"])]
+        sampled += [
+            ("exact flow (limit)", None, _exact_flow(dataset, n, seed, exps_dir))
+            for n in REFLOW_STEPS
+        ]
+        for name, trained, out in sampled:
+            metrics = ablate.score(out) | {"seconds": _seconds(trained) if trained else 0.0}
+            scores.setdefault((dataset, name, metrics["nfe"]), []).append(metrics)
+    rows = []
+    for (dataset, model, nfe), seeds in scores.items():
+        mean = lambda key: np.mean([m[key] for m in seeds])  # noqa: E731
+        worst = lambda key, pick: pick(m[key] for m in seeds)  # noqa: E731
+        rows.append(
+            {"dataset": dataset, "model": model, "NFE": nfe}
+            | {
+                "W2 ratio / P / R, mean": _triple(
+                    mean("w2_ratio"), mean("precision"), mean("recall")
+                )
+            }
+            | {
+                "worst": _triple(
+                    worst("w2_ratio", max), worst("precision", min), worst("recall", min)
+                )
+            }
+            | {"straightness": float(mean("straightness")), "train s": float(mean("seconds"))}
+        )
+    return ablate.write_table(rows, exps_dir / "ablations" / "reflow")
+
+
+def reflow_figure(exps_dir: Path, dataset: str, path: Path, n: int = 1000) -> None:
+    """static/reflow.png: for the flow and its 2- and 3-rectified flows (seed 0), paths from the
+    same noise (100 Euler steps, in flow's coordinates x_t = x / (1 + sigma)), then 1, 2 and 4
+    Euler steps' samples."""
+    runs = reflow_chain(dataset, REFLOW_SEEDS[0], exps_dir)
+    names = ["flow", "2-rectified", "3-rectified"]
+    cells, paths, classes = [], [], []
+    for name in names:
+        run, _ = likelihood.load_run(runs[name] / "model.pth")
+        start = {"c": run.frame_classes, "start_moments": run.moments}
+        row, lines = [], []
+        for steps in (100, 1, 2, 4):
+            sampling = ddpm.sampling_options(run.config) | {
+                "sampler": "euler",
+                "num_inference_steps": steps,
+            }
+            generator = torch.Generator().manual_seed(int(REFLOW_SEEDS[0]))
+            chain = ddpm.reverse_process(
+                run.ema.module.eval(), run.method, n, generator, **start, **sampling
+            )
+            xs = [x / (1 + sigma) for sigma, x in chain]
+            row.append(xs[-1].numpy())
+            lines.append(torch.stack(xs)[:, :100].numpy() if steps == 100 else None)
+        cells.append(row)
+        paths.append(lines)
+        labels = None if run.frame_classes is None else run.frame_classes.numpy()
+        classes.append([labels] * len(row))
+    columns = ["paths (100 steps)", "1 step", "2 steps", "4 steps"]
+    classes = None if classes[0][0] is None else classes
+    plots.save_grid(cells, path, row_labels=names, col_labels=columns, paths=paths, classes=classes)
+
+
 def main(argv=None) -> None:
     parser = options.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -296,6 +411,12 @@ def main(argv=None) -> None:
         "--density",
         action="store_true",
         help="only the density figure of each method and its NLL / KL table",
+    )
+    parser.add_argument(
+        "--reflow",
+        action="store_true",
+        help="only the reflow figure (moons) and the table of flow, 2- and 3-rectified flow at "
+        "1-8 steps (dino and moons, seeds 0-2)",
     )
     parser.add_argument(
         "--methods",
@@ -313,6 +434,10 @@ def main(argv=None) -> None:
         return
     if args.methods:
         print(method_table(args.exps_dir))
+        return
+    if args.reflow:
+        reflow_figure(args.exps_dir, "moons", STATIC_DIR / "reflow.png")
+        print(reflow_table(args.exps_dir))
         return
     if args.density:
         print(density_figure(args.exps_dir, STATIC_DIR / "density.png"))
@@ -368,6 +493,8 @@ def main(argv=None) -> None:
     tables.append(
         "### Log-likelihood\n\n" + density_figure(args.exps_dir, STATIC_DIR / "density.png")
     )
+    reflow_figure(args.exps_dir, "moons", STATIC_DIR / "reflow.png")
+    tables.append("### Reflow\n\n" + reflow_table(args.exps_dir))
     tables.append(
         "### Classifier-free guidance, dino,star,bullseye\n\n" + guidance_sweep(args.exps_dir)
     )

@@ -75,9 +75,10 @@ def save_grid(
     col_labels=None,
     title=None,
     classes=None,
+    paths=None,
 ) -> None:
     """A grid of scatter plots: cells[row][col] is an (N, 2) point set, classes[row][col] its
-    (N,) labels."""
+    (N,) labels; paths[row][col], if not None, (steps, N, 2) lines drawn under the points."""
 
     rows, cols = len(cells), len(cells[0])
     fig, axes = plt.subplots(
@@ -89,6 +90,8 @@ def save_grid(
         for c, points in enumerate(row):
             ax = axes[r][c]
             _square_axes(ax)
+            if paths is not None and paths[r][c] is not None:
+                ax.plot(paths[r][c][:, :, 0], paths[r][c][:, :, 1], color="0.6", linewidth=0.3)
             ax.scatter(
                 points[:, 0], points[:, 1], **_style(None if classes is None else classes[r][c])
             )

@@ -122,3 +122,27 @@ def test_the_density_figure_has_a_column_per_model(tmp_path):
     plots.save_densities(log_p, points, ["data", "ddpm", "edm"], tmp_path / "density.png")
     width, height = round(3 * 2.4 * plots.DPI), round(2 * 2.4 * plots.DPI)
     assert image_size(tmp_path / "density.png") == ((width, height), 1)
+
+
+def test_the_reflow_figure_and_table_from_tiny_runs(tmp_path, monkeypatch):
+    run_once = ablate.run_once
+
+    def tiny(args, exps_dir):  # every training run tiny, every teacher's pairs few
+        trains = "--checkpoint" not in args and "--denoiser" not in args
+        small = (
+            ["--num_epochs", "2", "--hidden_size", "16", "--hidden_layers", "1"] if trains else []
+        )
+        small += ["--reflow_pairs", "300"] if "--reflow" in args else []
+        return run_once([*args, *small, "--eval_batch_size", "200"], exps_dir)
+
+    monkeypatch.setattr(ablate, "run_once", tiny)
+    monkeypatch.setattr(figures, "REFLOW_DATASETS", ["moons"])
+    monkeypatch.setattr(figures, "REFLOW_SEEDS", ["0"])
+    figures.reflow_figure(tmp_path, "moons", tmp_path / "reflow.png", n=200)
+    cell = round(plots.CELL_INCHES * plots.DPI)
+    assert image_size(tmp_path / "reflow.png") == ((4 * cell, 3 * cell), 1)
+    table = figures.reflow_table(tmp_path).splitlines()
+    # 4 flows at 4 step counts, the default run, the exact flow at 4 step counts
+    assert len(table) == 2 + 4 * 4 + 1 + 4
+    one_step = next(line for line in table if "| 2-rectified | 1 |" in line)
+    assert float(one_step.split("|")[-3]) < 0.5  # its straightness, in the row
