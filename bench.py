@@ -26,6 +26,7 @@ from torch import nn
 import datasets
 import ddpm
 import options
+from positional_embeddings import DirectionalEmbedding
 
 ROUNDS = 10  # of training steps, then the matmuls alone
 
@@ -43,10 +44,11 @@ def step_matmuls(run: ddpm.Run, x_0: torch.Tensor) -> list[tuple[int, partial]]:
     """The matmuls of a training step on x_0 (B, 2), as (FLOPs, call) on the same shapes.
 
     Each nn.Linear does x W^T + b forward, g^T x for its weight gradient and, when its input
-    needs one, g W for the input gradient (not the first layer's: the sinusoidal embeddings
-    have no parameters); each is 2 B in out FLOPs."""
+    needs one, g W for the input gradient (not the first layer's: the embeddings have no
+    parameters); each is 2 B in out FLOPs. The directional embedding adds (x, y) K, K (2, size)."""
     seen = []
-    layers = [layer for layer in run.model.modules() if isinstance(layer, nn.Linear)]
+    kinds = (nn.Linear, DirectionalEmbedding)
+    layers = [layer for layer in run.model.modules() if isinstance(layer, kinds)]
     hooks = [
         layer.register_forward_hook(lambda layer, args, _: seen.append((layer, args[0])))
         for layer in layers
@@ -56,6 +58,10 @@ def step_matmuls(run: ddpm.Run, x_0: torch.Tensor) -> list[tuple[int, partial]]:
         hook.remove()
     matmuls = []
     for layer, x in seen:
+        if isinstance(layer, DirectionalEmbedding):
+            K = layer.wave_vectors  # (2, size)
+            matmuls += [(2 * K.numel() * len(x), partial(torch.mm, x.detach(), K))]
+            continue
         W, b = layer.weight.detach(), layer.bias.detach()  # (out, in), (out,)
         g = torch.randn(len(x), len(W))  # (B, out): a gradient of the layer's output
         flops = 2 * W.numel() * len(x)

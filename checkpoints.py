@@ -26,6 +26,7 @@ MODEL_FIELDS = (
     "hidden_size",
     "hidden_layers",
     "activation",
+    "block_norm",
     "time_embedding",
     "input_embedding",
     "input_scale",
@@ -61,6 +62,7 @@ CHECKPOINT_KEYS = {
 # What a config saved before these options existed meant, whatever their defaults are now.
 LEGACY_CONFIG = {"method": "ddpm", "sigma_data": None, "input_scale": 25.0, "activation": "gelu"}
 LEGACY_CONFIG |= {"denoiser": "mlp", "held_out": 0.0}  # a file's runs trained on every row
+LEGACY_CONFIG |= {"block_norm": "none"}  # before the blocks were normalised
 LEGACY_CONFIG |= {"reflow": None, "reflow_pairs": None}  # no teacher
 
 

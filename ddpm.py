@@ -31,7 +31,7 @@ import exact
 import options
 import plots
 import run_folder
-from positional_embeddings import make_embedding
+from positional_embeddings import DirectionalEmbedding, make_embedding
 
 # ----------------------------------------------------------------------------- 1. Noise schedule
 # A schedule gives the variances beta_t of the T forward steps. What matters is where it
@@ -110,24 +110,27 @@ class NoiseSchedule:
 #   c       (B,)    class indices, or None for the null class
 # It predicts eps (ddpm), the velocity eps - x_0 (flow) or EDM's F (edm).
 #
-# Its nonlinearity: GELU (Hendrycks & Gimpel 2016) by default; ReLU makes a training step
-# 13-15% cheaper on a CPU but the samples less sharp (README, "The defaults, measured").
+# Its nonlinearity: SiLU (Elfwing et al. 2018) by default; its blocks normalise their input
+# (LayerNorm, Ba et al. 2016), and a directional embedding sees the point (x, y) whole: together
+# 0.07 more precision on the dino at the same cost (README, "The defaults, measured").
 ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU}
+NORMS = {"layer": nn.LayerNorm, "none": lambda size: nn.Identity()}
 
 
 class Block(nn.Module):
-    def __init__(self, size: int, activation: str = "gelu"):
+    def __init__(self, size: int, activation: str = "silu", norm: str = "layer"):
         super().__init__()
+        self.norm = NORMS[norm](size)
         self.linear = nn.Linear(size, size)
         self.activation = ACTIVATIONS[activation]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.activation(self.linear(x))
+        return x + self.activation(self.linear(self.norm(x)))  # pre-norm residual block
 
 
 class MLP(nn.Module):
-    """F(x_in, time_in[, c]): x and y each get a sinusoidal embedding (frequencies up to
-    input_scale), then time_in one.
+    """F(x_in, time_in[, c]): the point (x, y) gets a directional embedding (or x and y one each;
+    frequencies up to input_scale), time_in a sinusoidal one.
 
     With num_classes > 0 a learned class embedding joins them; class index num_classes is
     the null class, "no class given" (Ho & Salimans 2022, sec. 3.2).
@@ -139,26 +142,36 @@ class MLP(nn.Module):
         hidden_layers=3,
         embedding_size=128,
         time_embedding="sinusoidal",
-        input_embedding="sinusoidal",
+        input_embedding="directional",
         num_classes=0,
         input_scale=25.0,
-        activation="gelu",
+        activation="silu",
+        block_norm="layer",
     ):
         super().__init__()
-        self.embed_x = make_embedding(input_embedding, embedding_size, scale=input_scale)
-        self.embed_y = make_embedding(input_embedding, embedding_size, scale=input_scale)
+        self.joint = input_embedding == "directional"
+        if self.joint:  # one embedding of the point (x, y)
+            self.embed_xy = DirectionalEmbedding(embedding_size, scale=input_scale)
+        else:
+            self.embed_x = make_embedding(input_embedding, embedding_size, scale=input_scale)
+            self.embed_y = make_embedding(input_embedding, embedding_size, scale=input_scale)
         self.embed_t = make_embedding(time_embedding, embedding_size)
         self.num_classes = num_classes
         self.embed_class = nn.Embedding(num_classes + 1, embedding_size) if num_classes else None
-        embeddings = (self.embed_x, self.embed_y, self.embed_t)
-        in_size = sum(e.out_dim for e in embeddings) + (embedding_size if num_classes else 0)
+        points = [self.embed_xy] if self.joint else [self.embed_x, self.embed_y]
+        in_size = sum(e.out_dim for e in (*points, self.embed_t))
+        in_size += embedding_size if num_classes else 0
         layers = [nn.Linear(in_size, hidden_size), ACTIVATIONS[activation]()]
-        layers += [Block(hidden_size, activation) for _ in range(hidden_layers)]
+        layers += [Block(hidden_size, activation, block_norm) for _ in range(hidden_layers)]
+        layers += [nn.LayerNorm(hidden_size)] if block_norm == "layer" else []
         layers += [nn.Linear(hidden_size, 2)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x_in: torch.Tensor, time_in: torch.Tensor, c=None) -> torch.Tensor:
-        features = [self.embed_x(x_in[:, 0]), self.embed_y(x_in[:, 1]), self.embed_t(time_in)]
+        if self.joint:
+            features = [self.embed_xy(x_in), self.embed_t(time_in)]
+        else:
+            features = [self.embed_x(x_in[:, 0]), self.embed_y(x_in[:, 1]), self.embed_t(time_in)]
         if self.num_classes:
             if c is None:
                 c = torch.full((len(x_in),), self.num_classes, device=x_in.device)  # (B,)
@@ -635,7 +648,7 @@ def make_method(config: dict, sigma_data: float, device="cpu"):
 
 # The options that say what network a run trains: MLP's arguments, by the same names.
 MODEL_OPTIONS = ("hidden_size", "hidden_layers", "embedding_size", "time_embedding")
-MODEL_OPTIONS += ("input_embedding", "input_scale", "activation")
+MODEL_OPTIONS += ("input_embedding", "input_scale", "activation", "block_norm")
 
 
 def make_model(config: dict, num_classes: int = 0) -> MLP:
@@ -812,7 +825,8 @@ def run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None)
 def build_parser() -> options.ArgumentParser:
     """`python ddpm.py -h`: every option (options.py), with the names this file defines."""
     names = {"method": METHODS, "beta_schedule": BETA_SCHEDULES, "flow_t": FLOW_T, "grid": GRIDS}
-    return options.build_parser(names | {"activation": ACTIVATIONS, "sampler": SAMPLERS})
+    names |= {"activation": ACTIVATIONS, "block_norm": NORMS, "sampler": SAMPLERS}
+    return options.build_parser(names)
 
 
 def main(argv=None) -> int:

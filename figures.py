@@ -42,6 +42,9 @@ SNAPSHOTS = 6  # panels in the forward and reverse figures
 # EDM became the default (README, "Ablations").
 DDPM = ["--method", "ddpm", "--input_scale", "25", "--lr_decay", "none", "--learning_rate", "3e-3"]
 DDPM += ["--init_noise", "scaled"]
+# ... and the network they were measured with: plain blocks, GELU, x and y embedded apart
+PLAIN_NETWORK = ["--block_norm", "none", "--activation", "gelu", "--input_embedding", "sinusoidal"]
+DDPM += PLAIN_NETWORK
 
 
 def forward_process(config: dict, n: int = 1000, seed: int = 0) -> list[tuple[int, np.ndarray]]:
@@ -189,6 +192,7 @@ def draw_headline(dino: Path) -> None:
 # The conditional model: three Datasaurus shapes, trained long with a decaying learning rate.
 GUIDED = [
     *DDPM[:4],  # its own learning rate and decay below
+    *PLAIN_NETWORK,
     "--dataset",
     "dino,star,bullseye",
     "--num_epochs",
@@ -387,7 +391,7 @@ def reflow_figure(exps_dir: Path, dataset: str, path: Path, n: int = 1000) -> No
             )
             xs = [x / (1 + sigma) for sigma, x in chain]
             row.append(xs[-1].numpy())
-            lines.append(torch.stack(xs)[:, :100].numpy() if steps == 100 else None)
+            lines.append(torch.stack(xs)[:, ::10].numpy() if steps == 100 else None)  # 1 in 10
         cells.append(row)
         paths.append(lines)
         labels = None if run.frame_classes is None else run.frame_classes.numpy()

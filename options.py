@@ -206,16 +206,23 @@ def build_parser(choices: dict) -> ArgumentParser:
         "--hidden_layers", type=positive(int), default=3, help="residual blocks in the MLP"
     )
     parser.add_argument(
-        "--activation", default="gelu", choices=choices["activation"], help="the MLP's nonlinearity"
+        "--activation", default="silu", choices=choices["activation"], help="the MLP's nonlinearity"
+    )
+    parser.add_argument(
+        "--block_norm",
+        default="layer",
+        choices=choices["block_norm"],
+        help="the normalisation at the start of each residual block and before the output layer",
     )
     parser.add_argument(
         "--time_embedding", default="sinusoidal", choices=TIME_EMBEDDINGS, help="how the MLP sees t"
     )
     parser.add_argument(
         "--input_embedding",
-        default="sinusoidal",
+        default="directional",
         choices=INPUT_EMBEDDINGS,
-        help="how the MLP sees x and y",
+        help="how the MLP sees x and y: sin and cos of waves across the plane in many directions "
+        "(directional), or of x and y apart (sinusoidal), or learned, linear or as they are",
     )
     parser.add_argument(
         "--input_scale",
@@ -385,7 +392,10 @@ def explicit_options(parser: argparse.ArgumentParser, argv) -> dict:
 def check_config(config: dict) -> None:
     if config["num_epochs"] < 0 or (config["num_epochs"] == 0 and not config["checkpoint"]):
         raise UsageError("--num_epochs must be positive (or 0 with --checkpoint, to only sample)")
-    sinusoidal = "sinusoidal" in (config["time_embedding"], config["input_embedding"])
+    sinusoidal = {"sinusoidal", "directional"} & {
+        config["time_embedding"],
+        config["input_embedding"],
+    }
     if sinusoidal and (config["embedding_size"] < 4 or config["embedding_size"] % 2):
         raise UsageError(
             "--embedding_size must be even and at least 4 for sinusoidal embeddings, "

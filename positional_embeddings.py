@@ -1,9 +1,10 @@
 """Embeddings that turn a scalar (a coordinate or a timestep) into a feature vector.
 
-Each embedding maps a (B,) tensor to (B, out_dim). The sinusoidal one is the
-Transformer's (Vaswani et al. 2017, sec. 3.5), used by Ho et al. 2020 for timesteps;
-giving it to the x and y coordinates too lets a small MLP fit sharp 2D shapes
-(Tancik et al. 2020, "Fourier features").
+Each embedding maps a (B,) tensor to (B, out_dim), the directional one a (B, 2) point. The
+sinusoidal one is the Transformer's (Vaswani et al. 2017, sec. 3.5), used by Ho et al. 2020 for
+timesteps; giving it to the x and y coordinates too lets a small MLP fit sharp 2D shapes
+(Tancik et al. 2020, "Fourier features"), and the directional one's waves across the plane
+sharper still.
 """
 
 import math
@@ -28,6 +29,26 @@ class SinusoidalEmbedding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         angles = (x * self.scale)[:, None] * self.freqs  # (B, size/2)
         return torch.cat((torch.sin(angles), torch.cos(angles)), dim=-1)  # (B, size)
+
+
+class DirectionalEmbedding(nn.Module):
+    """Fourier features of the 2D point itself (Tancik et al. 2020), not of x and y apart: sin
+    and cos of k . (x, y) for `size` wave vectors k, whose lengths run geometrically from scale
+    down to scale / 400, each along its own direction (golden-ratio angles in [0, pi)). One layer
+    can then draw detail along any direction. (B, 2) -> (B, 2 size): as wide as the sinusoidal
+    embeddings of x and y together."""
+
+    def __init__(self, size: int, scale: float = 1.0, frequency_range: float = 400.0):
+        super().__init__()
+        freqs = scale * torch.exp(-math.log(frequency_range) * torch.arange(size) / (size - 1))
+        angles = (torch.arange(size) * (math.sqrt(5) - 1) / 2 % 1.0) * math.pi  # (size,)
+        wave_vectors = torch.stack((torch.cos(angles), torch.sin(angles))) * freqs  # (2, size)
+        self.register_buffer("wave_vectors", wave_vectors)
+        self.out_dim = 2 * size
+
+    def forward(self, xy: torch.Tensor) -> torch.Tensor:
+        phases = xy @ self.wave_vectors  # (B, size)
+        return torch.cat((torch.sin(phases), torch.cos(phases)), dim=-1)  # (B, 2 size)
 
 
 class LinearEmbedding(nn.Module):
@@ -77,7 +98,7 @@ EMBEDDINGS = {
     "zero": ZeroEmbedding,
 }
 TIME_EMBEDDINGS = ("sinusoidal", "learnable", "linear", "zero")
-INPUT_EMBEDDINGS = ("sinusoidal", "learnable", "linear", "identity")
+INPUT_EMBEDDINGS = ("directional", "sinusoidal", "learnable", "linear", "identity")
 
 
 def make_embedding(kind: str, size: int, scale: float = 1.0) -> nn.Module:

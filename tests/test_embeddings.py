@@ -4,7 +4,12 @@ import pytest
 import torch
 
 import ddpm
-from positional_embeddings import EMBEDDINGS, SinusoidalEmbedding, make_embedding
+from positional_embeddings import (
+    EMBEDDINGS,
+    DirectionalEmbedding,
+    SinusoidalEmbedding,
+    make_embedding,
+)
 
 EXPECTED_WIDTH = {"sinusoidal": 16, "learnable": 16, "linear": 1, "identity": 1, "zero": 1}
 
@@ -23,13 +28,30 @@ def test_sinusoidal_embedding_is_sin_then_cos_of_geometric_frequencies():
     assert torch.allclose(out, torch.tensor(expected), atol=1e-6)
 
 
+def test_directional_embedding_is_sin_then_cos_of_waves_across_the_plane():
+    embedding = DirectionalEmbedding(5, scale=200.0)
+    K = embedding.wave_vectors  # (2, 5): one wave vector per column
+    lengths = K.norm(dim=0)
+    assert torch.allclose(lengths, 200.0 * 400.0 ** (-torch.arange(5) / 4))  # 200 down to 0.5
+    angles = torch.atan2(K[1], K[0]) % math.pi
+    golden = (torch.arange(5) * (math.sqrt(5) - 1) / 2 % 1) * math.pi
+    assert torch.allclose(angles, golden, atol=1e-5)
+    assert (angles.sort().values.diff() > 0.3).all()  # five directions, well apart
+    xy = torch.tensor([[0.3, -0.2]])
+    phases = [0.3 * K[0, k] - 0.2 * K[1, k] for k in range(5)]
+    expected = [math.sin(p) for p in phases] + [math.cos(p) for p in phases]
+    assert torch.allclose(embedding(xy)[0], torch.tensor(expected), atol=1e-4)
+
+
 def test_sinusoidal_embedding_refuses_an_odd_size():
     with pytest.raises(ValueError, match="even"):
         SinusoidalEmbedding(15)
 
 
 @pytest.mark.parametrize("time_embedding", ["sinusoidal", "learnable", "linear", "zero"])
-@pytest.mark.parametrize("input_embedding", ["sinusoidal", "learnable", "linear", "identity"])
+@pytest.mark.parametrize(
+    "input_embedding", ["directional", "sinusoidal", "learnable", "linear", "identity"]
+)
 def test_the_denoiser_predicts_one_eps_per_point(time_embedding, input_embedding):
     model = ddpm.MLP(
         hidden_size=32,

@@ -60,6 +60,7 @@ def test_bench_counts_the_flops_torch_counts_in_a_training_step():
     x_0 = torch.randn(64, 2)
     with FlopCounterMode(display=False) as counter:
         ddpm.loss_fn(run.model, run.method, x_0).backward()
-    # 5 Linear layers forward and for the weight gradient, 4 for the input gradient
-    assert len(bench.step_matmuls(run, x_0)) == 14
+    # 5 Linear layers forward and for the weight gradient, 4 for the input gradient; the
+    # directional embedding's (x, y) K
+    assert len(bench.step_matmuls(run, x_0)) == 15
     assert sum(flops for flops, _ in bench.step_matmuls(run, x_0)) == counter.get_total_flops()
