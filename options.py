@@ -228,7 +228,7 @@ def build_parser(choices: dict) -> ArgumentParser:
         "--input_scale",
         type=positive(float),
         default=200.0,
-        help="the highest frequency of the sinusoidal embedding of x and y, in radians per unit "
+        help="the highest frequency of the embedding of x and y, in radians per unit "
         "of the data as trained (Tancik et al. 2020's Fourier-feature scale): higher lets the MLP "
         "draw finer detail",
     )
@@ -392,14 +392,12 @@ def explicit_options(parser: argparse.ArgumentParser, argv) -> dict:
 def check_config(config: dict) -> None:
     if config["num_epochs"] < 0 or (config["num_epochs"] == 0 and not config["checkpoint"]):
         raise UsageError("--num_epochs must be positive (or 0 with --checkpoint, to only sample)")
-    sinusoidal = {"sinusoidal", "directional"} & {
-        config["time_embedding"],
-        config["input_embedding"],
-    }
+    embeddings = {config["time_embedding"], config["input_embedding"]}
+    sinusoidal = {"sinusoidal", "directional"} & embeddings
     if sinusoidal and (config["embedding_size"] < 4 or config["embedding_size"] % 2):
         raise UsageError(
-            "--embedding_size must be even and at least 4 for sinusoidal embeddings, "
-            f"got {config['embedding_size']}"
+            "--embedding_size must be even and at least 4 for sinusoidal and directional "
+            f"embeddings, got {config['embedding_size']}"
         )
     if not config["sigma_min"] < config["sigma_max"]:
         raise UsageError(
