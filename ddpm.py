@@ -522,9 +522,9 @@ def straightness(path: list) -> float:
     length in t) of |(eps - x_0) - v|^2, v the step's velocity dx_t/dt, in flow's coordinates
     x_t = x / (1 + sigma), t = sigma / (1 + sigma): 0 when every path is a straight line walked
     at constant speed. path: reverse_process's (sigma, x (n, 2)), noise first."""
-    t = torch.tensor([sigma / (1 + sigma) for sigma, _ in path])  # (N + 1,), falling to 0
+    t = torch.tensor([sigma / (1 + sigma) for sigma, _ in path], dtype=torch.float64)  # (N + 1,)
     x_t = torch.stack([x / (1 + sigma) for sigma, x in path]).cpu().double()  # (N + 1, n, 2)
-    dt = (t[:-1] - t[1:]).double()  # (N,)
+    dt = t[:-1] - t[1:]  # (N,): t falls to 0
     v = (x_t[:-1] - x_t[1:]) / dt[:, None, None]  # (N, n, 2): each step's velocity
     v_mean = (x_t[0] - x_t[-1]) / dt.sum()  # (n, 2): the straight line's, eps - x_0 at t = 1
     return ((dt[:, None] * ((v - v_mean) ** 2).sum(-1)).sum(0) / dt.sum()).mean().item()
