@@ -1,5 +1,5 @@
-"""Rebuild every figure and table of the README: python figures.py (about 45 minutes on 2 cores
-from scratch).
+"""Rebuild every figure of README.md and every table of RESULTS.md: python figures.py (each
+part's time is in RESULTS.md).
 
 Runs (or reuses) the default run of each dataset and every ablation sweep in exps/, then
 draws into static/: the forward and reverse processes, their animation, the samples, the

@@ -16,9 +16,9 @@ rows of the Jacobian, where image models must estimate it (Hutchinson's trick).
 
 - Solver: fixed-step RK4 in s = log sigma, where the rates x - D and 2 - tr dD/dx stay of order
   1 at every noise level. STEPS = 128 steps from 1e-3 to 10 (512 evaluations of D): for the
-  default (edm) dino run 32, 64, 128 and 256 steps give 0.178, 0.247, 0.261 and 0.262 nats, so
-  halving the step from 128 moves it by 0.001; the sharper the model, the more steps it needs
-  (the exact denoiser and the DDPM-era runs moved by < 0.01 from 32 to 64 steps).
+  default dino run 32, 64, 128 and 256 steps give -0.214, -0.143, -0.127 and -0.127 nats, so
+  doubling them from 128 moves it by less than 0.001; the sharper the model, the more steps it
+  needs (the exact denoiser moves by < 0.01 from 32 to 64 steps).
 - sigma_min = 1e-3 > 0: the density is that of x_0 + 1e-3 eps, which differs from p(x_0) only
   on detail finer than ~1e-3 (the dino's jitter is 0.011).
 - The prior at sigma_max: the Gaussian with the data's mean and per-axis variance, plus

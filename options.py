@@ -79,49 +79,70 @@ def seed(text: str) -> int:
     return value
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each default shown once: not for flags, nor where the help says what the default is."""
+
+    def _get_help_string(self, action):
+        help = action.help or ""
+        if action.default is None or isinstance(action.default, bool) or "default" in help:
+            return help
+        return super()._get_help_string(action)
+
+
 def build_parser(choices: dict) -> ArgumentParser:
-    """The parser of `python ddpm.py`. choices: the names ddpm.py defines for --method,
-    --beta_schedule, --flow_t, --activation, --sampler and --grid, keyed by option."""
+    """The parser of `python ddpm.py`, its options in groups. choices: the names ddpm.py defines
+    for --method, --beta_schedule, --flow_t, --activation, --block_norm, --sampler and --grid,
+    keyed by option."""
     parser = ArgumentParser(
         prog="ddpm.py",
-        description="Train a DDPM on a 2D point cloud, sample it, and score the samples.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train a diffusion model (EDM by default; DDPM or flow matching with "
+        "--method) on a 2D point cloud, sample it, and score the samples.",
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument(
+    run = parser.add_argument_group("data and run")
+    training = parser.add_argument_group("training")
+    ddpm = parser.add_argument_group("method ddpm")
+    flow = parser.add_argument_group("method flow")
+    edm = parser.add_argument_group("method edm")
+    network = parser.add_argument_group("network")
+    sampling = parser.add_argument_group("sampling")
+    guidance = parser.add_argument_group("classes and guidance")
+    reflow = parser.add_argument_group("reflow (Liu et al. 2023)")
+    advanced = parser.add_argument_group("advanced")
+    # Added in the order of config.json and of ablate.run_name's folder names; the groups only
+    # shape -h.
+    run.add_argument(
         "--experiment_name",
         default="base",
         help="outputs go to <exps_dir>/<experiment_name>/; an existing run is never replaced "
         "without --overwrite",
     )
-    parser.add_argument(
+    run.add_argument(
         "--exps_dir", default=str(PROJECT_DIR / "exps"), help="folder holding all experiments"
     )
-    parser.add_argument(
+    run.add_argument(
         "--overwrite", action="store_true", help="replace an existing run of the same name"
     )
-    parser.add_argument(
+    run.add_argument(
         "--resume",
         action="store_true",
         help="continue the interrupted run <experiment_name> where it stopped",
     )
-    parser.add_argument(
+    run.add_argument(
         "--dataset",
         default="dino",
-        help=(
-            f"the point cloud to learn: one of {', '.join(datasets.DATASETS)}; several names "
-            "joined by commas (each one a class, e.g. dino,star,bullseye); or your own "
-            ".csv/.tsv/.npy file with columns x,y (else its first two numeric columns) and an "
-            "optional label (or class) column. moons has two classes, its two moons. "
-            "`--dataset list` prints the names"
-        ),
+        help="the point cloud to learn: a built-in name (`--dataset list` prints them: dino, "
+        "moons, line, circle and the other Datasaurus shapes); several names joined by commas, "
+        "each one a class (dino,star,bullseye); or your own .csv/.tsv/.npy file with columns "
+        "x,y (else its first two numeric columns) and an optional label (or class) column",
     )
-    parser.add_argument(
+    run.add_argument(
         "--data_dir",
         default=None,
         help=f"folder holding {datasets.DATASAURUS_FILE} (or set {datasets.DATA_DIR_ENV}); "
         "default: static/, where it ships",
     )
-    parser.add_argument(
+    run.add_argument(
         "--held_out",
         type=finite(float),
         default=datasets.HELD_OUT,
@@ -129,102 +150,102 @@ def build_parser(choices: dict) -> ArgumentParser:
         f"{datasets.HELD_OUT_MAX} in all) kept out of training, to score the samples and the NLL "
         "against; 0 keeps none, and scores against the training rows",
     )
-    parser.add_argument(
+    training.add_argument(
         "--train_batch_size", type=positive(int), default=256, help="points per optimisation step"
     )
-    parser.add_argument(
+    sampling.add_argument(
         "--eval_batch_size",
         type=positive(int),
         default=1000,
         help="points sampled for each frame and for the evaluation",
     )
-    parser.add_argument(
+    training.add_argument(
         "--num_epochs",
         type=int,
         default=150,
-        help="passes over the 8000 training points (0: only sample --checkpoint)",
+        help="passes over the training points (0: only sample --checkpoint)",
     )
-    parser.add_argument(
+    training.add_argument(
         "--learning_rate", type=positive(float), default=2e-3, help="AdamW learning rate"
     )
-    parser.add_argument(
+    training.add_argument(
         "--lr_decay",
         default="cosine",
         choices=("none", "cosine"),
         help="learning-rate schedule over the run",
     )
-    parser.add_argument(
+    training.add_argument(
         "--method",
         default="edm",
         choices=choices["method"],
         help="training objective: ddpm (Ho et al. 2020, predicts eps), flow (flow matching, "
         "predicts eps - x_0) or edm (Karras et al. 2022, preconditioned denoiser)",
     )
-    parser.add_argument(
+    ddpm.add_argument(
         "--num_timesteps",
         type=positive(int),
         default=50,
-        help="T, the number of diffusion steps (ddpm); the default number of sampling steps",
+        help="T, the number of diffusion steps; also ddpm's number of sampling steps",
     )
-    parser.add_argument(
+    ddpm.add_argument(
         "--beta_schedule",
         default="cosine",
         choices=choices["beta_schedule"],
         help="how beta_t grows with t",
     )
-    parser.add_argument(
+    flow.add_argument(
         "--flow_t",
         default="uniform",
         choices=choices["flow_t"],
-        help="flow: how training draws t in (0, 1), uniform or logit-normal (Esser et al. 2024)",
+        help="how training draws t in (0, 1), uniform or logit-normal (Esser et al. 2024)",
     )
-    parser.add_argument(
+    edm.add_argument(
         "--P_mean",
         type=finite(float),
         default=-2.0,
-        help="edm: mean of ln sigma in training (Karras et al. use -1.2 for images; lower puts "
+        help="mean of ln sigma in training (Karras et al. use -1.2 for images; lower puts "
         "more training on the fine detail of these shapes)",
     )
-    parser.add_argument(
-        "--P_std", type=positive(float), default=1.5, help="edm: std of ln sigma in training"
+    edm.add_argument(
+        "--P_std", type=positive(float), default=1.5, help="std of ln sigma in training"
     )
-    parser.add_argument(
+    edm.add_argument(
         "--sigma_data",
         type=positive(float),
         default=None,
-        help="edm: the data's standard deviation in the preconditioning (default: measured "
-        "from the training data)",
+        help="the data's standard deviation in the preconditioning (default: measured from the "
+        "training data)",
     )
-    parser.add_argument(
+    network.add_argument(
         "--embedding_size",
         type=positive(int),
         default=128,
-        help="width of each sinusoidal/learnable embedding (even, at least 4, for sinusoidal)",
+        help="width of each embedding (even, at least 4, for sinusoidal and directional)",
     )
-    parser.add_argument("--hidden_size", type=positive(int), default=128, help="width of the MLP")
-    parser.add_argument(
+    network.add_argument("--hidden_size", type=positive(int), default=128, help="width of the MLP")
+    network.add_argument(
         "--hidden_layers", type=positive(int), default=3, help="residual blocks in the MLP"
     )
-    parser.add_argument(
+    network.add_argument(
         "--activation", default="silu", choices=choices["activation"], help="the MLP's nonlinearity"
     )
-    parser.add_argument(
+    advanced.add_argument(
         "--block_norm",
         default="layer",
         choices=choices["block_norm"],
         help="the normalisation at the start of each residual block and before the output layer",
     )
-    parser.add_argument(
+    network.add_argument(
         "--time_embedding", default="sinusoidal", choices=TIME_EMBEDDINGS, help="how the MLP sees t"
     )
-    parser.add_argument(
+    network.add_argument(
         "--input_embedding",
         default="directional",
         choices=INPUT_EMBEDDINGS,
         help="how the MLP sees x and y: sin and cos of waves across the plane in many directions "
         "(directional), or of x and y apart (sinusoidal), or learned, linear or as they are",
     )
-    parser.add_argument(
+    advanced.add_argument(
         "--input_scale",
         type=positive(float),
         default=200.0,
@@ -232,26 +253,25 @@ def build_parser(choices: dict) -> ArgumentParser:
         "of the data as trained (Tancik et al. 2020's Fourier-feature scale): higher lets the MLP "
         "draw finer detail",
     )
-    parser.add_argument(
+    guidance.add_argument(
         "--cond_drop_prob",
         type=finite(float),
         default=0.1,
-        help="for datasets with classes: how often training hides the class, so the model also "
-        "learns p(x) for guidance",
+        help="how often training hides the class, so the model also learns p(x) for guidance",
     )
-    parser.add_argument(
+    guidance.add_argument(
         "--class_label",
         default=None,
         help="sample only this class (default: every class in its share of the data)",
     )
-    parser.add_argument(
+    guidance.add_argument(
         "--guidance_scale",
         type=finite(float),
         default=1.0,
         help="classifier-free guidance scale s: 1 plain conditional, >1 sharper classes, "
         "0 unconditional",
     )
-    parser.add_argument(
+    guidance.add_argument(
         "--guidance_interval",
         type=finite(float),
         nargs=2,
@@ -262,20 +282,20 @@ def build_parser(choices: dict) -> ArgumentParser:
             "(Kynkäänniemi et al. 2024); t/T runs from 1/T, nearly clean, to 1, pure noise"
         ),
     )
-    parser.add_argument(
+    training.add_argument(
         "--ema_decay",
         type=finite(float),
         default=0.995,
         help="decay of the moving average of the weights used for sampling, in [0, 1)",
     )
-    parser.add_argument(
+    sampling.add_argument(
         "--denoiser",
         default="mlp",
         choices=("mlp", "exact"),
         help="exact: no training; sample with the true distribution's E[x_0 | x_t] (exact.py), "
         "the limit any network can reach with these sampler options",
     )
-    parser.add_argument(
+    sampling.add_argument(
         "--sampler",
         default=None,
         choices=choices["sampler"],
@@ -284,7 +304,7 @@ def build_parser(choices: dict) -> ArgumentParser:
         "Euler-Maruyama steps of the reverse-time SDE (sde) (default: the method's own: ddpm for "
         "ddpm, heun for flow and edm)",
     )
-    parser.add_argument(
+    advanced.add_argument(
         "--grid",
         default=None,
         choices=choices["grid"],
@@ -292,83 +312,82 @@ def build_parser(choices: dict) -> ArgumentParser:
         "the rho = 7 grid between --sigma_max and --sigma_min, or even steps in flow's t "
         "(default: the method's own: timesteps, uniform_t, karras)",
     )
-    parser.add_argument(
+    sampling.add_argument(
         "--num_inference_steps",
         type=positive(int),
         default=None,
         help="sampling steps, on the timesteps grid a subset of the T timesteps (default: the "
         "method's own: all T for ddpm, 12 for flow and edm)",
     )
-    parser.add_argument(
+    advanced.add_argument(
         "--sigma_min",
         type=positive(float),
         default=0.002,
         help="flow and edm: the last noise level > 0 of the karras grid (below the dino's "
         "jitter, 0.011)",
     )
-    parser.add_argument(
+    advanced.add_argument(
         "--sigma_max",
         type=positive(float),
         default=10.0,
         help="flow and edm: the first noise level of a chain (ddpm: its own sigma_T)",
     )
-    parser.add_argument(
+    advanced.add_argument(
         "--s_churn",
         type=finite(float),
         default=None,
         help="stochastic churn of Karras et al. 2022, Alg. 2: noise added back before each "
         "step (0: none; default: the method's own, 2 for edm, 0 for ddpm and flow)",
     )
-    parser.add_argument(
+    advanced.add_argument(
         "--init_noise",
         default="data",
         choices=("data", "scaled", "unscaled"),
         help="start from the Gaussian with the noisy data's mean and variance, of each sample's "
         "class (data), from sigma_max * eps (scaled), or from eps (unscaled, Diamond's sampler)",
     )
-    parser.add_argument(
+    sampling.add_argument(
         "--eta",
         type=finite(float),
         default=0.7,
-        help="DDIM's eta in [0, 1]: 0 deterministic, 1 as noisy as DDPM (0.7 measured best at "
-        "20 steps, see README)",
+        help="DDIM's eta in [0, 1]: 0 deterministic, 1 as noisy as DDPM",
     )
-    parser.add_argument(
+    advanced.add_argument(
         "--no_clip_x0",
         dest="clip_x0",
         action="store_false",
         help="do not clip the predicted x_0 to the data's range",
     )
-    parser.add_argument(
+    run.add_argument(
         "--checkpoint",
         default=None,
         help="start from this model.pth (with --num_epochs 0: only sample and evaluate)",
     )
-    parser.add_argument(
+    reflow.add_argument(
         "--reflow",
         default=None,
         metavar="RUN",
-        help="reflow (Liu et al. 2023): train a flow on pairs (noise, point) of this run's ODE "
-        "(a run folder or its model.pth; any method), for straighter paths and few-step "
-        "sampling; a reflow of a reflow gives the 3-rectified flow",
+        help="train a flow on pairs (noise, point) of this run's ODE (a run folder or its "
+        "model.pth; any method), for straighter paths and few-step sampling; a reflow of a "
+        "reflow gives the 3-rectified flow",
     )
-    parser.add_argument(
+    reflow.add_argument(
         "--reflow_pairs",
         type=positive(int),
         default=None,
-        help="with --reflow: the pairs drawn from the teacher, by 12 heun steps each (default: "
-        "as many as its training points, so that --num_epochs trains as long as the teacher)",
+        help="the pairs drawn from the teacher, by 12 heun steps each (default: as many as its "
+        "training points, so that --num_epochs trains as long as the teacher)",
     )
-    parser.add_argument(
+    run.add_argument(
         "--save_images_step",
         type=positive(int),
         default=10,
         help="save a frame every this many epochs",
     )
-    parser.add_argument(
+    run.add_argument(
         "--seed", type=int, default=0, help="same seed and device give identical losses and samples"
     )
-    parser.add_argument(
+    run.add_argument(
         "--device",
         default="auto",
         choices=("auto", "cpu", "cuda"),

@@ -123,8 +123,16 @@ def save_animation(
     plt.close(fig)
 
 
-def save_loss(losses: np.ndarray, path: Path, window: int = 100) -> None:
-    """Every step's loss, faint, under its moving average."""
+# What each method's loss is the MSE of (ddpm.py, section 4): the network's output F against
+LOSS_TARGETS = {  # its target, for the y-axis of loss.png
+    "ddpm": "MSE of eps",
+    "flow": "MSE of the velocity eps - x_0",
+    "edm": "MSE of F against (x_0 - c_skip x) / c_out",
+}
+
+
+def save_loss(losses: np.ndarray, path: Path, method: str, window: int = 100) -> None:
+    """Every step's loss, faint, under its moving average; the y-axis names method's target."""
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot(losses, color="tab:blue", alpha=0.2, linewidth=0.5, label="per step")
     if len(losses) >= window:
@@ -136,7 +144,7 @@ def save_loss(losses: np.ndarray, path: Path, window: int = 100) -> None:
             label=f"mean of {window} steps",
         )
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (MSE of eps)")
+    ax.set_ylabel(f"loss ({LOSS_TARGETS[method]})")
     ax.set_yscale("log")
     ax.legend(frameon=False)
     fig.tight_layout()

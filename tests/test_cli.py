@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -44,6 +45,16 @@ def test_help_documents_every_option_with_its_default():
     ]:
         assert option in out
     assert "(default: dino)" in out
+
+
+def test_help_groups_the_options_and_shows_each_default_once():
+    text = ddpm("-h").stdout
+    groups = re.findall(r"^(\S.*):$", text, re.MULTILINE)  # "training:", "network:", ...
+    assert len(set(groups) - {"options"}) >= 6, groups
+    options = re.split(r"\n  (?=--)", text)  # one chunk per option
+    for chunk in options:
+        assert " ".join(chunk.split()).count("default") <= 1, chunk
+    assert "(default: None)" not in text and "(default: True)" not in text
 
 
 @pytest.mark.parametrize(

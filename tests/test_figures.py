@@ -47,6 +47,16 @@ def test_a_run_draws_its_frames_and_its_loss_curve(tiny_run):
     assert image_size(tiny_run / "loss.png") == ((5 * plots.DPI, 3 * plots.DPI), 1)
 
 
+def test_loss_png_names_the_target_of_each_method(tmp_path, monkeypatch):
+    """EDM's loss is not an MSE of eps: each method's curve says what its network is fit to."""
+    labels = {}
+    monkeypatch.setattr(plots.plt, "close", lambda fig: labels.update(y=fig.axes[0].get_ylabel()))
+    named = {"ddpm": "eps", "flow": "eps - x_0", "edm": "(x_0 - c_skip x) / c_out"}
+    for method, target in named.items():
+        plots.save_loss(np.linspace(1, 0.1, 300), tmp_path / f"{method}.png", method)
+        assert labels["y"].endswith(f"{target})"), (method, labels["y"])
+
+
 def test_forward_reverse_figures_and_the_animation(tiny_run, tmp_path):
     forward, reverse, gif = figures.draw_process_figures(tiny_run, tmp_path)
     one_row = (
