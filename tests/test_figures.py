@@ -156,3 +156,26 @@ def test_the_reflow_figure_and_table_from_tiny_runs(tmp_path, monkeypatch):
     assert len(table) == 2 + 4 * 4 + 1 + 4
     one_step = next(line for line in table if "| 2-rectified | 1 |" in line)
     assert float(one_step.split("|")[-3]) < 0.5  # its straightness, in the row
+
+
+def test_the_defaults_tables_from_tiny_runs(tmp_path, monkeypatch):
+    run_once = ablate.run_once
+
+    def tiny(args, exps_dir):  # every training run tiny
+        small = ["--num_epochs", "2", "--hidden_size", "16", "--hidden_layers", "1"]
+        trains = "--checkpoint" not in args and "--denoiser" not in args
+        return run_once([*args, *(small if trains else []), "--eval_batch_size", "200"], exps_dir)
+
+    monkeypatch.setattr(ablate, "run_once", tiny)
+    monkeypatch.setattr(figures, "DEFAULT_DATASETS", ["line"])
+    monkeypatch.setattr(figures, "DEFAULT_SEEDS", ["0", "1"])
+    defaults, samplers = figures.defaults_tables(tmp_path).split("\n\n")
+    network, limit = defaults.splitlines()[2:]
+    assert network.startswith("| line | **network** |") and limit.startswith("|  | limit |")
+    assert limit.count("%") == 2  # the line's off-support, one per seed
+    rows = samplers.splitlines()[2:]
+    assert [row.split(" | ")[0][2:] for row in rows] == list(figures.SAMPLER_SETTINGS)
+    # the default's row is the runs' own samples: its worst precision is the network row's
+    precisions = [float(cell.split(" / ")[1]) for cell in network.split(" | ")[2:4]]
+    default = next(row for row in rows if "the default" in row)
+    assert float(default.split(" | ")[1].split(" / ")[1]) == min(precisions)
