@@ -129,8 +129,8 @@ def ddpm_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, generator: to
 # Divide DDPM's x_t by sqrt(alpha_bar_t): x = x_t / sqrt(alpha_bar_t) = x_0 + sigma_t eps, with
 # sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) (Karras et al. 2022, sec. 2 and Table 1): noise
 # is only added, never scaled, and sigma says how much. Flow and EDM noise so too, in their units:
-#   DDPM  x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps   x = x_t / sqrt(alpha_bar_t)
-#   flow  x_t = (1 - t) x_0 + t eps                 x = x_t / (1 - t), sigma = t / (1 - t)
+#   DDPM  x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps;  x = x_t / sqrt(alpha_bar_t)
+#   flow  x_t = (1 - t) x_0 + t eps;  x = x_t / (1 - t), sigma = t / (1 - t)
 #   EDM   x = x_0 + sigma eps
 # Algorithm 2's eps_theta(x_t, t) becomes the denoiser D(x; sigma) = x - sigma eps_theta, an
 # estimate of x_0 (Karras et al. 2022, eq. 3), and its step DDIM's with eta = 1 (sec. 7). Every
