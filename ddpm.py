@@ -105,7 +105,7 @@ def ddpm_training_example(schedule: NoiseSchedule, x_0: torch.Tensor, eps: torch
                 x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
                 gradient step on |eps - eps_theta(x_t, t)|^2
     For a batch x_0 (B, 2) and its eps (B, 2): the network's input x_t, its time input t and its
-    target eps. The loss (sec. 6) and the training loop (sec. 9) take the gradient steps."""
+    target eps. The loss (section 6) and the training loop (section 9) take the gradient steps."""
     t = torch.randint(0, schedule.num_timesteps, (len(x_0),), device=x_0.device)  # line 3
     return schedule.add_noise(x_0, eps, t), t.float(), eps  # line 5: eps_theta(x_t, t) ~ eps
 
@@ -113,7 +113,7 @@ def ddpm_training_example(schedule: NoiseSchedule, x_0: torch.Tensor, eps: torch
 @torch.no_grad()
 def ddpm_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, generator: torch.Generator):
     """Ho et al. 2020, Algorithm 2 (sampling) from x_T ~ N(0, I) (n, 2), with sigma_t^2 = beta~_t:
-    yields x_{t-1} for t = T, ..., 1. `--method ddpm` runs it in the units of sec. 3 (a test)."""
+    yields x_{t-1} for t = T, ..., 1. `--method ddpm` runs it in section 3's units (a test)."""
     x_t = x_T  # line 1
     for t in reversed(range(schedule.num_timesteps)):  # line 2
         z = torch.randn(x_t.shape, generator=generator, device=x_t.device) if t else 0  # line 3
@@ -133,8 +133,8 @@ def ddpm_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, generator: to
 #   flow  x_t = (1 - t) x_0 + t eps;  x = x_t / (1 - t), sigma = t / (1 - t)
 #   EDM   x = x_0 + sigma eps
 # Algorithm 2's eps_theta(x_t, t) becomes the denoiser D(x; sigma) = x - sigma eps_theta, an
-# estimate of x_0 (Karras et al. 2022, eq. 3), and its step DDIM's with eta = 1 (sec. 7). Every
-# method's network gives a D (sec. 5), and the samplers (sec. 7) see only D and sigma.
+# estimate of x_0 (Karras et al. 2022, eq. 3), and its step DDIM's with eta = 1 (section 7).
+# Every method's network gives a D (section 5), and the samplers see only D and sigma.
 def ddpm_sigmas(alpha_bar: torch.Tensor) -> torch.Tensor:
     """DDPM's (T,) sigma_t of its (T,) alpha_bar_t, growing with t."""
     return ((1 - alpha_bar) / alpha_bar).sqrt()
