@@ -508,7 +508,8 @@ def reverse_process(
         gamma = min(s_churn / N, math.sqrt(2) - 1)  # Karras et al. 2022, Alg. 2 line 4
         if gamma > 0:
             x, sigma = churn(x, sigma, gamma, noise)
-        x = step(D, x, sigma, sigma_next, noise)
+        z = noise()  # drawn on every step, used or not: the random stream of earlier versions
+        x = step(D, x, sigma, sigma_next, lambda: z)
         yield sigma_next, x
 
 

@@ -155,15 +155,3 @@ def test_algorithm_2_as_written_is_the_chain_that_sampler_ddpm_runs_in_sigma_uni
     for x_t, expected in zip(plain, x_ts[1:]):
         assert torch.allclose(x_t, expected, atol=1e-5)  # float32 rounding: |x_t| < 5
     assert (plain[-1] - x_ts[-1]).abs().max() > 0  # two computations, not one
-
-
-@pytest.mark.parametrize("sampler", ["ddim", "euler", "heun"])
-def test_a_deterministic_chain_draws_its_start_and_no_other_noise(sampler):
-    method, c = linear_ddpm(), torch.tensor([1.5, -0.5])
-    generator = torch.Generator().manual_seed(0)
-    ddpm.sample(
-        OracleEps(method.schedule, c), method, 10, generator, sampler=sampler, num_inference_steps=5
-    )
-    start_only = torch.Generator().manual_seed(0)
-    torch.randn(10, 2, generator=start_only)
-    assert torch.equal(generator.get_state(), start_only.get_state())
