@@ -1,10 +1,10 @@
 """tiny-diffusion: diffusion models on 2D points, DDPM first (Ho et al. 2020).
 
-It reads top to bottom like the paper: noise schedule -> forward process q(x_t | x_0)
--> denoiser -> training loss -> reverse steps -> training loop -> CLI. Section 3 writes DDPM,
-flow matching and EDM as one family, a denoiser D(x; sigma) each (Karras et al. 2022), so that
-every sampler of section 5 (DDPM, DDIM, Euler, Heun, the reverse SDE) works with every method.
-Timesteps are 0-based in code: t = 0..T-1 here is the paper's t = 1..T.
+Read it top to bottom: the noise schedule (1); DDPM's training and sampling as Ho et al. wrote
+them (2); the view that makes DDPM, flow matching and EDM one family, x = x_0 + sigma eps and a
+denoiser D(x; sigma) (3, Karras et al. 2022); the network (4); the methods as denoisers (5); their
+loss (6); the samplers, which need only D (7); a run in training (8); the training loop (9);
+reflow (10); the command line (11). Timesteps are 0-based: t = 0..T-1 is the paper's t = 1..T.
 
     python ddpm.py --dataset dino
 """
@@ -76,6 +76,7 @@ BETA_SCHEDULES = {"linear": linear_betas, "quadratic": quadratic_betas}
 BETA_SCHEDULES |= {"cosine": cosine_betas, "sigmoid": sigmoid_betas}
 
 
+# ------------------------------------------------------------------ 2. DDPM, as Ho et al. wrote it
 class NoiseSchedule:
     """The per-timestep constants of Ho et al. 2020, as (T,) float32 tensors."""
 
@@ -88,31 +89,72 @@ class NoiseSchedule:
         self.alphas_cumprod = alphas_cumprod.float()
         self.sqrt_alphas_cumprod = alphas_cumprod.sqrt().float()
         self.sqrt_one_minus_alphas_cumprod = (1 - alphas_cumprod).sqrt().float()
+        # beta~_t, the variance of the posterior q(x_{t-1} | x_t, x_0) (eq. 7); 0 at t = 1
+        alphas_cumprod_prev = alphas_cumprod / alphas  # alpha_bar_{t-1}
+        self.posterior_variance = (betas * (1 - alphas_cumprod_prev) / (1 - alphas_cumprod)).float()
 
-    # ------------------------------------------------------------------------- 2. Forward process
     def add_noise(self, x_0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The forward process q(x_t | x_0) in one jump, for each point's timestep t (B,)."""
         a, b = self.sqrt_alphas_cumprod[t, None], self.sqrt_one_minus_alphas_cumprod[t, None]
         return a * x_0 + b * eps  # Ho et al. 2020, eq. 4
 
 
-# ----------------------------------------------------------------------------- 3. Denoiser
-# One language for every method (Karras et al. 2022, "EDM", sec. 2 and Table 1): a noisy point is
-# x = x_0 + sigma * eps ("variance exploding"), and sampling needs only the denoiser D(x; sigma),
-# an estimate of x_0 (their eq. 3). A method (DDPM, flow, EDM below) says how its network is
-# trained and how the network's output becomes D; the samplers of section 5 see only D and sigma.
-#
-# The network F is always called as F(x_in, time_in, c) -> (B, 2):
-#   x_in    (B, 2)  the noisy point in the method's own units: DDPM's or flow's x_t, EDM's c_in x
-#   time_in (B,)    the noise level in the method's own units, a float: DDPM's timestep t in
-#                   [0, T), flow's 1000 t, EDM's 250 c_noise. The sinusoidal time embedding
-#                   (frequencies 1 down to 1e-4) needs inputs that change by ~1 or more between
-#                   levels the network must tell apart, as DDPM's integer timesteps do.
-#   c       (B,)    class indices, or None for the null class
-# It predicts eps (ddpm), the velocity eps - x_0 (flow) or EDM's F (edm).
-#
-# Its nonlinearity: SiLU (Elfwing et al. 2018) by default; its blocks normalise their input
-# (LayerNorm, Ba et al. 2016), and a directional embedding sees the point (x, y) whole: together
-# 0.07 more precision on the dino at the same cost (README, "The defaults, measured").
+def ddpm_training_example(schedule: NoiseSchedule, x_0: torch.Tensor, eps: torch.Tensor):
+    """Ho et al. 2020, Algorithm 1 (training):
+        repeat: x_0 ~ q(x_0); t ~ Uniform({1, ..., T}); eps ~ N(0, I)
+                x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
+                gradient step on |eps - eps_theta(x_t, t)|^2
+    For a batch x_0 (B, 2) and its eps (B, 2): the network's input x_t, its time input t and its
+    target eps. The loss (section 6) and the training loop (section 9) take the gradient steps."""
+    t = torch.randint(0, schedule.num_timesteps, (len(x_0),), device=x_0.device)  # line 3
+    return schedule.add_noise(x_0, eps, t), t.float(), eps  # line 5: eps_theta(x_t, t) ~ eps
+
+
+@torch.no_grad()
+def ddpm_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, generator: torch.Generator):
+    """Ho et al. 2020, Algorithm 2 (sampling) from x_T ~ N(0, I) (n, 2), with sigma_t^2 = beta~_t:
+    yields x_{t-1} for t = T, ..., 1. `--method ddpm` runs it in section 3's units (a test)."""
+    x_t = x_T  # line 1
+    for t in reversed(range(schedule.num_timesteps)):  # line 2
+        z = torch.randn(x_t.shape, generator=generator, device=x_t.device) if t else 0  # line 3
+        eps = model(x_t, torch.full((len(x_t),), float(t), device=x_t.device))  # eps_theta(x_t, t)
+        mean = (x_t - schedule.betas[t] / schedule.sqrt_one_minus_alphas_cumprod[t] * eps) / (
+            schedule.alphas[t].sqrt()
+        )
+        x_t = mean + schedule.posterior_variance[t].sqrt() * z  # line 4
+        yield x_t
+
+
+# ------------------------------------------------------------ 3. One family: x = x_0 + sigma eps
+# Divide DDPM's x_t by sqrt(alpha_bar_t): x = x_t / sqrt(alpha_bar_t) = x_0 + sigma_t eps, with
+# sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) (Karras et al. 2022, sec. 2 and Table 1): noise
+# is only added, never scaled, and sigma says how much. Flow and EDM noise so too, in their units:
+#   DDPM  x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps;  x = x_t / sqrt(alpha_bar_t)
+#   flow  x_t = (1 - t) x_0 + t eps;  x = x_t / (1 - t), sigma = t / (1 - t)
+#   EDM   x = x_0 + sigma eps
+# Algorithm 2's eps_theta(x_t, t) becomes the denoiser D(x; sigma) = x - sigma eps_theta, an
+# estimate of x_0 (Karras et al. 2022, eq. 3), and its step DDIM's with eta = 1 (section 7).
+# Every method's network gives a D (section 5), and the samplers see only D and sigma.
+def ddpm_sigmas(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """DDPM's (T,) sigma_t of its (T,) alpha_bar_t, growing with t."""
+    return ((1 - alpha_bar) / alpha_bar).sqrt()
+
+
+def flow_x_t(x_0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Flow matching's: the straight line from x_0 at t = 0 to eps at t = 1 (t (B, 1))."""
+    return (1 - t) * x_0 + t * eps
+
+
+# ----------------------------------------------------------------------------- 4. The network
+# The network is F(x_in, time_in, c) -> (B, 2): the noisy point x_in (B, 2) and its noise level
+# time_in (B,) in its method's own units, and the classes c (B,) or None. The sinusoidal time
+# embedding (frequencies 1 down to 1e-4) tells levels apart when time_in changes by ~1 or more
+# between them, as DDPM's integer t do; so flow and EDM stretch theirs to a range like T = 1000's:
+FLOW_TIME_SCALE = 1000  # flow's t in (0, 1)
+EDM_TIME_SCALE = 250  # EDM's c_noise = ln(sigma) / 4, about -1.6 to 1.1 from sigma 0.002 to 80
+# Its nonlinearity is SiLU (Elfwing et al. 2018), its blocks normalise their input (LayerNorm, Ba
+# et al. 2016), and a directional embedding sees the point (x, y) whole: together 0.07 more
+# precision on the dino at the same cost (RESULTS.md, "The network").
 ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU}
 NORMS = {"layer": nn.LayerNorm, "none": lambda size: nn.Identity()}
 
@@ -130,11 +172,8 @@ class Block(nn.Module):
 
 class MLP(nn.Module):
     """F(x_in, time_in[, c]): the point (x, y) gets a directional embedding (or x and y one each;
-    frequencies up to input_scale), time_in a sinusoidal one.
-
-    With num_classes > 0 a learned class embedding joins them; class index num_classes is
-    the null class, "no class given" (Ho & Salimans 2022, sec. 3.2).
-    """
+    frequencies up to input_scale), time_in a sinusoidal one, and with num_classes > 0 the class
+    a learned one; class num_classes is the null class (Ho & Salimans 2022, sec. 3.2)."""
 
     def __init__(
         self,
@@ -179,29 +218,26 @@ class MLP(nn.Module):
         return self.net(torch.cat(features, dim=-1))  # (B, in_size) -> (B, 2)
 
 
-# A method is its forward process and training target (training_example), and the conversion of
-# the network's output into D (denoised); `grid` names its own noise levels for sampling (sec. 5).
-# training_example(x_0, eps) draws a noise level per point and returns the network's input,
-# time input and target: every method's loss is then the plain MSE of section 4.
+# ---------------------------------------------------------------- 5. The methods, as denoisers
+# A method says how its network is trained: training_example(x_0, eps) draws a noise level per
+# point and returns the network's input, time input and target, for the plain MSE of section 6.
+# And how the network's output becomes D: D_theta(model, x, sigma, c), the network's D(x; sigma).
+# grid, sampler, steps and s_churn are its sampling defaults (section 7).
 class DDPM:
-    """Ho et al. 2020: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, F predicts eps.
+    """Ho et al. 2020 (section 2) as a denoiser: D(x; sigma) = x - sigma eps_theta(x_t, t), with
+    x_t = sqrt(alpha_bar) x and alpha_bar = 1 / (1 + sigma^2) (Karras et al. 2022, Table 1, VP)."""
 
-    In VE terms (Karras et al. 2022, Table 1, "VP"): sigma_t = sqrt((1 - alpha_bar_t) /
-    alpha_bar_t) and x_t = sqrt(alpha_bar) x with alpha_bar = 1 / (1 + sigma^2)."""
-
-    grid, sampler, steps, s_churn = "timesteps", "ddpm", None, 0.0  # sampling: every trained step
+    grid, sampler, steps, s_churn = "timesteps", "ddpm", None, 0.0  # Algorithm 2: all T steps
 
     def __init__(self, betas: torch.Tensor, sigma_min: float, sigma_max: float):
         self.schedule = NoiseSchedule(betas)
-        alpha_bar = self.schedule.alphas_cumprod
-        self.sigmas = ((1 - alpha_bar) / alpha_bar).sqrt()  # (T,) sigma_t, growing with t
+        self.sigmas = ddpm_sigmas(self.schedule.alphas_cumprod)  # (T,)
         # the other grids run between sigma_min and sigma_max, within the trained levels
         self.sigma_min = max(sigma_min, self.sigmas[0].item())
         self.sigma_max = min(sigma_max, self.sigmas[-1].item())
 
     def training_example(self, x_0: torch.Tensor, eps: torch.Tensor):
-        t = torch.randint(0, self.schedule.num_timesteps, (len(x_0),), device=x_0.device)
-        return self.schedule.add_noise(x_0, eps, t), t.float(), eps  # Ho et al. 2020, eq. 14
+        return ddpm_training_example(self.schedule, x_0, eps)  # Algorithm 1
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         """The (B,) t of each sigma: exact on the trained levels, log sigma interpolated between."""
@@ -210,7 +246,7 @@ class DDPM:
         low, high = log_sigmas[i - 1], log_sigmas[i]
         return i - 1 + ((log_sigma - low) / (high - low)).clamp(0, 1)
 
-    def denoised(self, model, x, sigma, c=None) -> torch.Tensor:
+    def D_theta(self, model, x, sigma, c=None) -> torch.Tensor:
         alpha_bar = 1 / (1 + sigma[:, None] ** 2)  # (B, 1)
         eps = model(alpha_bar.sqrt() * x, self.timestep(sigma), c)
         return x - sigma[:, None] * eps  # Ho et al. 2020, eq. 15 divided by sqrt(alpha_bar_t)
@@ -228,9 +264,8 @@ FLOW_T = {  # how flow matching draws its training times t in (0, 1)
 
 
 class Flow:
-    """Lipman et al. 2023, Liu et al. 2023: x_t = (1 - t) x_0 + t eps, F predicts v = eps - x_0.
-
-    In VE terms sigma = t / (1 - t) and x_t = x / (1 + sigma); t = 1 is sigma = inf."""
+    """Lipman et al. 2023, Liu et al. 2023: F predicts the velocity v = eps - x_0 of x_t, and
+    x_0 = x_t - t v; t = 1 is sigma = inf."""
 
     grid, sampler, steps, s_churn = "uniform_t", "heun", 12, 0.0  # sampling defaults
 
@@ -240,23 +275,20 @@ class Flow:
 
     def training_example(self, x_0: torch.Tensor, eps: torch.Tensor):
         t = self.draw_t(len(x_0), x_0.device)  # (B,)
-        x_t = (1 - t[:, None]) * x_0 + t[:, None] * eps
-        return x_t, 1000 * t, eps - x_0
+        return flow_x_t(x_0, eps, t[:, None]), FLOW_TIME_SCALE * t, eps - x_0
 
-    def denoised(self, model, x, sigma, c=None) -> torch.Tensor:
+    def D_theta(self, model, x, sigma, c=None) -> torch.Tensor:
         t = sigma / (1 + sigma)  # (B,)
         x_t = x / (1 + sigma[:, None])
-        return x_t - t[:, None] * model(x_t, 1000 * t, c)  # x_0 = x_t - t v
+        return x_t - t[:, None] * model(x_t, FLOW_TIME_SCALE * t, c)  # x_0 = x_t - t v
 
     def summary(self) -> str:
         return f"flow, t ~ {self.flow_t}"
 
 
 class EDM:
-    """Karras et al. 2022: x = x_0 + sigma eps, D = c_skip x + c_out F(c_in x; c_noise).
-
-    The preconditioning (their Table 1) keeps F's input and target at unit variance for data of
-    standard deviation sigma_data."""
+    """Karras et al. 2022: D = c_skip x + c_out F(c_in x; c_noise). The preconditioning (their
+    Table 1) keeps F's input and target at unit variance for data of std sigma_data."""
 
     grid, sampler, steps, s_churn = "karras", "heun", 12, 2.0  # sampling: 23 NFE, with churn
 
@@ -274,31 +306,29 @@ class EDM:
         # ln sigma ~ N(P_mean, P_std^2), Karras et al. 2022, Table 1
         sigma = (self.P_mean + self.P_std * torch.randn(len(x_0), 1, device=x_0.device)).exp()
         c_skip, c_out, c_in, c_noise = self.preconditioning(sigma)  # (B, 1) each
-        x = x_0 + sigma * eps
+        x = x_0 + sigma * eps  # the family's forward process (section 3)
         # the weight lambda = 1 / c_out^2 makes lambda |D - x_0|^2 = |F - target|^2 (their eq. 8)
-        return c_in * x, 250 * c_noise[:, 0], (x_0 - c_skip * x) / c_out
+        return c_in * x, EDM_TIME_SCALE * c_noise[:, 0], (x_0 - c_skip * x) / c_out
 
-    def denoised(self, model, x, sigma, c=None) -> torch.Tensor:
+    def D_theta(self, model, x, sigma, c=None) -> torch.Tensor:
         c_skip, c_out, c_in, c_noise = self.preconditioning(sigma[:, None])  # (B, 1) each
-        return c_skip * x + c_out * model(c_in * x, 250 * c_noise[:, 0], c)
+        return c_skip * x + c_out * model(c_in * x, EDM_TIME_SCALE * c_noise[:, 0], c)
 
     def summary(self) -> str:
-        return (
-            f"edm, sigma_data = {self.sigma_data:.3g}, "
-            f"ln sigma ~ N({self.P_mean:g}, {self.P_std:g}^2)"
-        )
+        mean, std = self.P_mean, self.P_std
+        return f"edm, sigma_data = {self.sigma_data:.3g}, ln sigma ~ N({mean:g}, {std:g}^2)"
 
 
 METHODS = {"ddpm": DDPM, "flow": Flow, "edm": EDM}
 
 
-# ----------------------------------------------------------------------------- 4. Training loss
+# ----------------------------------------------------------------------------- 6. Training loss
 def loss_fn(
     model: nn.Module, method, x_0: torch.Tensor, c=None, cond_drop_prob=0.0, eps=None
 ) -> torch.Tensor:
     """The plain MSE of the network's output against the method's target, at a noise level
     drawn per point; c (B,): the points' classes, hidden at random (cond_drop_prob).
-    eps (B, 2): the noise coupled to each x_0 (reflow, sec. 6); default fresh noise."""
+    eps (B, 2): the noise coupled to each x_0 (reflow, section 10); default fresh noise."""
     eps = torch.randn_like(x_0) if eps is None else eps
     x_in, time_in, target = method.training_example(x_0, eps)
     if c is not None:
@@ -307,12 +337,11 @@ def loss_fn(
     return F.mse_loss(model(x_in, time_in, c), target)  # Ho et al. 2020's L_simple for ddpm
 
 
-# ----------------------------------------------------------------------------- 5. Reverse process
+# ----------------------------------------------------------------------------- 7. Samplers
 # Sampling walks down a grid of noise levels sigma_0 > sigma_1 > ... > sigma_N = 0. A grid gives
 # the n levels before the final 0, as a float64 tensor.
 def timesteps_grid(n: int, sigmas: torch.Tensor) -> torch.Tensor:
-    """DDPM's trained levels: sigma_t of n evenly spaced timesteps from T-1 down to 0 (Ho et al.
-    2020; n = T: all of them)."""
+    """DDPM's trained levels: sigma_t of n evenly spaced t from T-1 down to 0 (n = T: all)."""
     t = torch.linspace(len(sigmas) - 1, 0, n, dtype=torch.float64).round().long()  # (n,)
     return sigmas[t.to(sigmas.device)].double().cpu()
 
@@ -325,10 +354,9 @@ def karras_grid(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) ->
 
 
 def uniform_t_grid(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
-    """Flow matching's even steps in t = sigma / (1 + sigma) (Lipman et al. 2023).
-
-    The chain starts at t(sigma_max) < 1, not at t = 1: there sigma = inf and x = x_t / (1 - t) is
-    undefined; from sigma_max = 10 the skipped stretch moves x_t by t(sigma_max) x_0 / sigma_max."""
+    """Flow matching's even steps in t = sigma / (1 + sigma) (Lipman et al. 2023). The chain
+    starts at t(sigma_max) < 1, not at t = 1: there sigma = inf and x = x_t / (1 - t) is undefined;
+    from sigma_max = 10 the skipped stretch moves x_t by t(sigma_max) x_0 / sigma_max."""
     t_max = sigma_max / (1 + sigma_max)
     t = torch.linspace(t_max, 0, n + 1, dtype=torch.float64)[:-1]
     return t / (1 - t)
@@ -353,91 +381,77 @@ def clip_x0(x_0: torch.Tensor, clip_range: torch.Tensor | None) -> torch.Tensor:
     return x_0 if clip_range is None else x_0.clamp(clip_range[0], clip_range[1])
 
 
-def denoised(model, method, x, sigma, c=None) -> torch.Tensor:
-    """A network's D through its method; the exact denoiser (exact.py) gives D itself."""
-    if isinstance(model, exact.ExactDenoiser):
-        return model(x, sigma, c)
-    return method.denoised(model, x, sigma, c)
-
-
-def denoise(model, method, x, sigma: float, c=None, guidance_scale=1.0, clip_range=None):
-    """D(x; sigma) of the points x (n, 2), clipped to the data's box.
-
+def guided_D(model, method, x, sigma: float, c=None, guidance_scale=1.0, clip_range=None):
+    """The D(x; sigma) a sampler steps with, for points x (n, 2): the network's (method.D_theta)
+    or the exact one (exact.py, in the network's place), guided, then clipped to the data's box.
     Classifier-free guidance, Ho & Salimans 2022, eq. 6 with w = guidance_scale - 1, on D:
     D_null + s (D_c - D_null). D is affine in the network's output, so this is their eps-mix.
     s = 1 is the plain conditional model, s > 1 sharpens the class."""
     sigma = torch.full((len(x),), sigma, device=x.device)  # (n,)
+    D = model if isinstance(model, exact.ExactDenoiser) else partial(method.D_theta, model)
     if c is None or guidance_scale == 1.0:
-        return clip_x0(denoised(model, method, x, sigma, c), clip_range)
+        return clip_x0(D(x, sigma, c), clip_range)
     null = torch.full_like(c, model.num_classes)
     both = torch.cat((x, x)), torch.cat((sigma, sigma)), torch.cat((c, null))  # one batched call
-    D_c, D_null = denoised(model, method, *both).chunk(2)
+    D_c, D_null = D(*both).chunk(2)
     return clip_x0(D_null + guidance_scale * (D_c - D_null), clip_range)
 
 
-# A step goes from sigma to sigma_next < sigma, calling D(x, sigma); z (n, 2) is fresh noise for
-# the stochastic steps. One signature for all: step(D, x, sigma, sigma_next, z) -> x_next.
-def to_d(x, sigma, x_0):
-    """dx/dsigma of the probability-flow ODE, Karras et al. 2022, eq. 4 with s(t) = 1."""
+# A step goes from sigma to sigma_next < sigma with D(x, sigma) (guided_D): step(D, x, sigma,
+# sigma_next, noise) -> x_next, where only a stochastic step calls noise() for fresh noise (n, 2).
+def dx_dsigma(x, sigma, x_0):
+    """The probability-flow ODE's dx/dsigma = (x - D) / sigma: Karras et al. 2022, eq. 4, s = 1."""
     return (x - x_0) / sigma
 
 
-def ddim_step(D, x, sigma, sigma_next, z, eta=0.0):
+def ddim_step(D, x, sigma, sigma_next, noise, eta=0.0):
     """Song et al. 2021, eq. 12 divided by sqrt(alpha_bar_prev): x_next = x_0 + sqrt(sigma_next^2
-    - c^2) eps + c z. eta = 1 is DDPM's ancestral step (Ho et al. 2020, eqs. 6-7), eta = 0 the
-    Euler step."""
+    - c^2) eps + c z. eta = 1 is Algorithm 2's step (Ho et al. 2020, eqs. 6-7), eta = 0 Euler's."""
     x_0 = D(x, sigma)
     eps = (x - x_0) / sigma  # the eps consistent with the (clipped) x_0
     r = (sigma_next / sigma) ** 2
     c = eta * sigma_next * math.sqrt(1 - r)  # eq. 16's sigma_t, in VE units
-    return x_0 + sigma_next * math.sqrt(1 - eta**2 * (1 - r)) * eps + c * z
+    x_next = x_0 + sigma_next * math.sqrt(1 - eta**2 * (1 - r)) * eps
+    return x_next + c * noise() if c else x_next
 
 
-def euler_step(D, x, sigma, sigma_next, z):
+def euler_step(D, x, sigma, sigma_next, noise):
     """Karras et al. 2022, Alg. 1 without the correction: one Euler step of eq. 4."""
-    return x + (sigma_next - sigma) * to_d(x, sigma, D(x, sigma))
+    return x + (sigma_next - sigma) * dx_dsigma(x, sigma, D(x, sigma))
 
 
-def heun_step(D, x, sigma, sigma_next, z):
+def heun_step(D, x, sigma, sigma_next, noise):
     """Karras et al. 2022, Alg. 1 lines 4-8: Heun's 2nd-order method, Euler into sigma = 0."""
-    d = to_d(x, sigma, D(x, sigma))
+    d = dx_dsigma(x, sigma, D(x, sigma))
     x_next = x + (sigma_next - sigma) * d  # Euler step
     if sigma_next == 0:
         return x_next
-    d_next = to_d(x_next, sigma_next, D(x_next, sigma_next))  # 2nd-order correction
+    d_next = dx_dsigma(x_next, sigma_next, D(x_next, sigma_next))  # 2nd-order correction
     return x + (sigma_next - sigma) * (d + d_next) / 2
 
 
-def sde_step(D, x, sigma, sigma_next, z):
+def sde_step(D, x, sigma, sigma_next, noise):
     """Euler-Maruyama on the reverse-time SDE: Karras et al. 2022, eq. 6 with sigma(t) = t and
     beta(t) = sigma'(t) / sigma(t) = 1 / sigma, which is Song et al. 2021's VE SDE run backwards
     (their eq. 6), with score = (D(x; sigma) - x) / sigma^2 (Karras et al. 2022, eq. 3):
-
         dx = -2 sigma score dsigma + sqrt(2 sigma) dW
         x_next = x + 2 (sigma_next - sigma) (x - D) / sigma + sqrt(2 sigma (sigma - sigma_next)) z
-
     Into sigma = 0 it takes the Euler step of eq. 4 instead, which lands on D: there the SDE's
     step would double back past D."""
     x_0 = D(x, sigma)
     if sigma_next == 0:
         return x_0
-    # DDPM's ancestral step (ddim_step with eta = 1) discretises the same SDE: expanded to first
-    # order in sigma - sigma_next it is this step; it differs on large steps, where it stays sane.
-    # EDM's churn (Alg. 2) splits the SDE instead: it adds noise up to sigma_hat (the forward
-    # process), then takes an ODE step down, where this step mixes both in one update.
-    drift = 2 * (sigma_next - sigma) * to_d(x, sigma, x_0)
-    return x + drift + math.sqrt(2 * sigma * (sigma - sigma_next)) * z
+    # Algorithm 2's step (ddim_step, eta = 1) discretises the same SDE: to first order in
+    # sigma - sigma_next it is this step, and it stays sane on large steps. EDM's churn (Alg. 2)
+    # splits the SDE: noise up to sigma_hat (the forward process), then an ODE step down.
+    drift = 2 * (sigma_next - sigma) * dx_dsigma(x, sigma, x_0)
+    return x + drift + math.sqrt(2 * sigma * (sigma - sigma_next)) * noise()
 
 
 def make_step(sampler: str, eta: float):
-    """The step of --sampler: DDPM's is DDIM's with eta = 1."""
-    return {
-        "ddpm": partial(ddim_step, eta=1.0),
-        "ddim": partial(ddim_step, eta=eta),
-        "euler": euler_step,
-        "heun": heun_step,
-        "sde": sde_step,
-    }[sampler]
+    """The step of --sampler: DDPM's (Algorithm 2's) is DDIM's with eta = 1."""
+    steps = {"ddpm": partial(ddim_step, eta=1.0), "ddim": partial(ddim_step, eta=eta)}
+    return (steps | {"euler": euler_step, "heun": heun_step, "sde": sde_step})[sampler]
 
 
 SAMPLERS = ("ddpm", "ddim", "euler", "heun", "sde")
@@ -448,66 +462,54 @@ def nfe(sampler: str, num_steps: int) -> int:
     return 2 * num_steps - 1 if sampler == "heun" else num_steps
 
 
-def churn(x, sigma, gamma, generator):
-    """Karras et al. 2022, Alg. 2 lines 5-6: raise the noise to sigma_hat = (1 + gamma) sigma by
-    adding fresh noise (S_noise = 1)."""
+def churn(x, sigma, gamma, noise):
+    """Karras et al. 2022, Alg. 2 lines 5-6: add noise (S_noise = 1) up to (1 + gamma) sigma."""
     sigma_hat = sigma * (1 + gamma)
-    eps = torch.randn(x.shape, generator=generator, device=x.device)
-    return x + math.sqrt(sigma_hat**2 - sigma**2) * eps, sigma_hat
+    return x + math.sqrt(sigma_hat**2 - sigma**2) * noise(), sigma_hat
 
 
 def guided_at(i: int, num_steps: int, guidance_scale: float, guidance_interval=(0.0, 1.0)) -> float:
-    """The scale for step i of num_steps: guidance_scale while the step's position in the chain,
-    (N - i) / N, from 1 (pure noise) to 1/N (nearly clean), lies in (lo, hi], else 1.
-
-    Kynkäänniemi et al. 2024 guide only in a limited interval of noise levels; (0, 1] guides
-    every step. For DDPM with all T steps, (N - i) / N is (t + 1) / T."""
+    """The scale for step i of num_steps: guidance_scale while the step's place in the chain,
+    (N - i) / N from 1 (pure noise) to 1/N, lies in (lo, hi], else 1 (Kynkäänniemi et al. 2024
+    guide in an interval of levels). For DDPM's T steps, (N - i) / N = (t + 1) / T."""
     lo, hi = guidance_interval
     return guidance_scale if lo < (num_steps - i) / num_steps <= hi else 1.0
 
 
+# A chain's start at sigma_max, one per --init_noise, from noise eps (n, 2): "scaled", EDM's,
+# for DDPM and flow the VE view of x_T ~ N(0, I); "unscaled", as Diamond's sampler; "data", the
+# noisy data's mean and variance, with moments = (mean, var) of each point's class, (n, 2) each.
+STARTS = {
+    "scaled": lambda sigma_max, eps, moments: sigma_max * eps,
+    "unscaled": lambda sigma_max, eps, moments: eps,
+    "data": lambda sigma_max, eps, moments: moments[0] + (sigma_max**2 + moments[1]).sqrt() * eps,
+}
+
+
 @torch.inference_mode()
 def reverse_process(
-    model,
-    method,
-    n,
-    generator,
-    *,
-    num_inference_steps,
-    sampler="ddpm",
-    grid=None,
-    eta=0.0,
-    s_churn=0.0,
-    init_noise="scaled",
-    start_moments=None,
-    clip_range=None,
-    c=None,
-    guidance_scale=1.0,
-    guidance_interval=(0.0, 1.0),
-):
+    model, method, n, generator, *,
+    num_inference_steps, sampler="ddpm", grid=None,  # the chain: the default path
+    eta=0.0, s_churn=0.0,  # more noise: DDIM's eta, EDM's churn (Karras et al. 2022, Alg. 2)
+    init_noise="scaled", start_moments=None,  # its start (STARTS)
+    c=None, guidance_scale=1.0, guidance_interval=(0.0, 1.0), clip_range=None,  # its D (guided_D)
+):  # fmt: skip
     """Start from noise at sigma_max and step down the grid (default: the method's own) to
     sigma = 0, yielding (sigma, x) after each step; (sigma_max, x_start) comes first.
-
-    init_noise "data" starts from the noisy data's mean and variance, mean + sqrt(sigma_max^2 +
-    var) eps, with start_moments = (mean, var) of each point's class, (n, 2) each; "scaled" from
-    sigma_max eps, EDM's start (for DDPM and flow the VE view of x_T ~ N(0, I)); "unscaled" from
-    eps, as Diamond's sampler does. c: (n,) class of each point."""
+    c: (n,) class of each point; start_moments: STARTS' moments."""
     sigmas = noise_levels(grid or method.grid, method, num_inference_steps)
     step, N = make_step(sampler, eta), len(sigmas) - 1
-    x = torch.randn(n, 2, generator=generator, device=generator.device)  # (n, 2)
-    if init_noise == "data":
-        mean, var = start_moments
-        x = mean + (sigmas[0] ** 2 + var).sqrt() * x
-    x = sigmas[0] * x if init_noise == "scaled" else x
+    noise = partial(torch.randn, n, 2, generator=generator, device=generator.device)
+    x = STARTS[init_noise](sigmas[0], noise(), start_moments)  # (n, 2)
     yield sigmas[0], x
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         s = guided_at(i, N, guidance_scale, guidance_interval)
-        D = partial(denoise, model, method, c=c, guidance_scale=s, clip_range=clip_range)
+        D = partial(guided_D, model, method, c=c, guidance_scale=s, clip_range=clip_range)
         gamma = min(s_churn / N, math.sqrt(2) - 1)  # Karras et al. 2022, Alg. 2 line 4
         if gamma > 0:
-            x, sigma = churn(x, sigma, gamma, generator)
-        z = torch.randn(n, 2, generator=generator, device=generator.device)
-        x = step(D, x, sigma, sigma_next, z)
+            x, sigma = churn(x, sigma, gamma, noise)
+        z = noise()  # drawn on every step, used or not: the random stream of earlier versions
+        x = step(D, x, sigma, sigma_next, lambda: z)
         yield sigma_next, x
 
 
@@ -517,26 +519,182 @@ def sample(model, method, n, generator, **options) -> torch.Tensor:
     return x_0
 
 
-def straightness(path: list) -> float:
-    """Liu et al. 2023, eq. 3 in discrete form: the mean over a chain's steps (weighted by their
-    length in t) of |(eps - x_0) - v|^2, v the step's velocity dx_t/dt, in flow's coordinates
-    x_t = x / (1 + sigma), t = sigma / (1 + sigma): 0 when every path is a straight line walked
-    at constant speed. path: reverse_process's (sigma, x (n, 2)), noise first."""
-    t = torch.tensor([sigma / (1 + sigma) for sigma, _ in path], dtype=torch.float64)  # (N + 1,)
-    x_t = torch.stack([x / (1 + sigma) for sigma, x in path]).cpu().double()  # (N + 1, n, 2)
-    dt = t[:-1] - t[1:]  # (N,): t falls to 0
-    v = (x_t[:-1] - x_t[1:]) / dt[:, None, None]  # (N, n, 2): each step's velocity
-    v_mean = (x_t[0] - x_t[-1]) / dt.sum()  # (n, 2): the straight line's, eps - x_0 at t = 1
-    return ((dt[:, None] * ((v - v_mean) ** 2).sum(-1)).sum(0) / dt.sum()).mean().item()
+# ----------------------------------------------------------------------------- 8. A run
+class EMA(AveragedModel):
+    """theta_ema <- decay theta_ema + (1 - decay) theta after each step; sampling uses theta_ema.
+    torch's AveragedModel with get_ema_multi_avg_fn (the first update copies theta), with both
+    models' tensors listed once: its update_parameters walks both module trees, 16x the lerp."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__(model, use_buffers=True)
+        self.decay = decay
+        self.averaged = [*self.module.parameters(), *self.module.buffers()]
+        self.source = [*model.parameters(), *model.buffers()]  # updated in place by the optimizer
+
+    @torch.no_grad()
+    def update(self) -> None:
+        weight = 1 - self.decay if self.n_averaged > 0 else 1.0  # lerp with weight 1 copies
+        torch._foreach_lerp_(self.averaged, self.source, weight)
+        self.n_averaged += 1
 
 
-# ----------------------------------------------------------------------------- 6. Training loop
+def make_method(config: dict, sigma_data: float, device="cpu"):
+    """A run's method, built from the numbers its config names (DDPM's schedule on device)."""
+    levels = config["sigma_min"], config["sigma_max"]
+    if config["method"] == "ddpm":
+        betas = BETA_SCHEDULES[config["beta_schedule"]](config["num_timesteps"])
+        return DDPM(betas.to(device), *levels)
+    if config["method"] == "flow":
+        return Flow(config["flow_t"], *levels)
+    return EDM(sigma_data, config["P_mean"], config["P_std"], *levels)
+
+
+# The options that say what network a run trains: MLP's arguments, by the same names.
+MODEL_OPTIONS = ("hidden_size", "hidden_layers", "embedding_size", "time_embedding")
+MODEL_OPTIONS += ("input_embedding", "input_scale", "activation", "block_norm")
+
+
+def make_model(config: dict, num_classes: int = 0) -> MLP:
+    return MLP(num_classes=num_classes, **{option: config[option] for option in MODEL_OPTIONS})
+
+
+def sampling_options(config: dict) -> dict:
+    """reverse_process's options from a run's config, the method's own where it leaves them open."""
+    method = METHODS[config["method"]]
+    steps = config["num_inference_steps"] or method.steps or config["num_timesteps"]
+    given = ("eta", "init_noise", "guidance_scale", "guidance_interval")
+    return {
+        "sampler": config["sampler"] or method.sampler,
+        "s_churn": method.s_churn if config["s_churn"] is None else config["s_churn"],
+        "grid": config["grid"] or method.grid,
+        "num_inference_steps": steps,
+    } | {name: config[name] for name in given}
+
+
+def class_shares(labels: torch.Tensor | None, num_classes: int, n: int) -> torch.Tensor | None:
+    """The (n,) classes of n points, every class in its share of labels (None without classes)."""
+    if not num_classes:
+        return None
+    in_data = np.bincount(labels.cpu().numpy(), minlength=num_classes)
+    counts = torch.from_numpy(evaluate.shares_of(in_data, n)).to(labels.device)
+    return torch.repeat_interleave(torch.arange(num_classes, device=labels.device), counts)
+
+
+def frame_classes(config: dict, labels: torch.Tensor | None, classes: list) -> torch.Tensor | None:
+    """The (n,) class of each frame point: --class_label, else every class in its data share."""
+    n = config["eval_batch_size"]
+    if classes and config["class_label"] is not None:
+        return torch.full((n,), classes.index(config["class_label"]), device=labels.device)
+    return class_shares(labels, len(classes), n)
+
+
+class Run:
+    """A model in training: its method and network, the EMA, AdamW, the losses and the frames so
+    far. checkpoints.py saves and restores it; the run folder (run_folder.py) writes it out."""
+
+    def __init__(
+        self, config, data, labels, classes, shift, scale, sigma_data, pairs=None, denoiser=None
+    ):
+        """data (m, 2): training points in training units, (x - shift) / scale; labels (m,); pairs:
+        reflow's (section 10); denoiser: what frames are sampled with, default the EMA's network."""
+        self.config, self.data, self.labels = config, data, labels
+        self.classes, self.sigma_data, device = list(classes), sigma_data, data.device
+        self.method = make_method(config, sigma_data, device)
+        self.model = make_model(config, len(self.classes)).to(device)
+        self.ema = EMA(self.model, config["ema_decay"])
+        # fused: one kernel for all tensors, 5x faster than the per-tensor loop on CPU
+        self.optimizer = AdamW(self.model.parameters(), lr=config["learning_rate"], fused=True)
+        self.batches_per_epoch = math.ceil(len(data) / config["train_batch_size"])
+        steps = config["num_epochs"] * self.batches_per_epoch
+        # Cosine decay of the learning rate to 0: the last steps refine instead of jumping around.
+        cosine = config["lr_decay"] == "cosine"
+        self.lr_schedule = CosineAnnealingLR(self.optimizer, max(steps, 1)) if cosine else None
+        self.losses = torch.full((steps,), math.nan, device=device)  # no sync per step
+        self.clip_range = torch.stack((data.min(0).values, data.max(0).values))  # (2, 2): the box
+        self.shift, self.scale = shift, scale
+        self.frame_classes = frame_classes(config, labels, self.classes)
+        # init_noise "data" starts from the mean and variance of each frame point's class, (n, 2)
+        groups = [data[labels == k] for k in range(len(self.classes))] if self.classes else [data]
+        var_means = [torch.var_mean(group, 0, correction=0) for group in groups]
+        self.class_vars, self.class_means = (torch.stack(moment) for moment in zip(*var_means))
+        self.moments = self.start_moments(self.frame_classes)
+        self.epoch, self.frames, self.frame_epochs, self.frame_seconds = 0, [], [], 0.0
+        self.denoiser = self.ema.module if denoiser is None else denoiser
+        self.pairs, self.noise = pairs, pairs["eps"] if pairs else None  # reflow's, and their eps
+
+    def start_moments(self, c: torch.Tensor | None) -> tuple:
+        """init_noise "data"'s (mean, var) of each point's class c (n,), (n, 2) each."""
+        c = 0 if c is None else c  # (classes or 1, 2) -> (n, 2) or (2,)
+        return self.class_means[c], self.class_vars[c]
+
+
+def make_run(config: dict, dataset: datasets.Dataset, checkpoint=None, pairs=None) -> Run:
+    """A Run on the dataset's training points in training units: a file's standardised. With
+    --reflow, on the teacher's pairs instead (teacher_pairs, section 10, or the checkpoint's)."""
+    device = options.resolve_device(config["device"])
+    points, labels = (torch.from_numpy(array) for array in dataset.train_set())  # (m, 2), (m,)
+    if checkpoint:
+        shift, scale = checkpoint["shift"].cpu(), checkpoint["scale"].cpu()
+    elif dataset.is_file:  # frames and metrics stay in the file's own units
+        shift, scale = points.mean(0), points.std(0)  # > 0: datasets refuses flat files
+    else:
+        shift, scale = torch.zeros(2), torch.ones(2)
+    data = ((points - shift) / scale).to(device)
+    labels = labels.to(device) if dataset.classes else None
+    pairs = (pairs or (checkpoint or {}).get("pairs")) if config["reflow"] else None
+    if pairs:  # in the teacher's units (kept in the checkpoint)
+        data, labels, shift, scale = (pairs[key] for key in ("x_0", "labels", "shift", "scale"))
+    # EDM's sigma_data: --sigma_data, else the std of the training data's coordinates,
+    # measured once and kept in the checkpoint so the model is always preconditioned alike
+    sigma_data = config["sigma_data"] or (checkpoint or {}).get("sigma_data") or data.std().item()
+    denoiser = None
+    if config["denoiser"] == "exact":  # the true distribution's, in training units
+        denoiser = exact.denoiser_of(dataset, config["data_dir"], shift, scale).to(device)
+    run = Run(config, data, labels, dataset.classes, shift, scale, sigma_data, pairs, denoiser)
+    if checkpoint:
+        checkpoints.restore(run, checkpoint, config["resume"])
+    return run
+
+
+def is_frame_epoch(epoch: int, config: dict) -> bool:
+    """Frames are sampled every save_images_step epochs and after the last one."""
+    return epoch % config["save_images_step"] == 0 or epoch == config["num_epochs"] - 1
+
+
+def sample_frame(run: Run) -> None:
+    """Sample eval_batch_size points with the EMA weights (or the exact denoiser) into a frame."""
+    tic, config = time.perf_counter(), run.config
+    run.denoiser.eval()
+    # same x_T every frame: the animation follows the same points
+    generator = torch.Generator(run.data.device).manual_seed(config["seed"])
+    clip_range, n = run.clip_range if config["clip_x0"] else None, config["eval_batch_size"]
+    sampling = {"clip_range": clip_range, "c": run.frame_classes, "start_moments": run.moments}
+    x_0 = sample(run.denoiser, run.method, n, generator, **sampling_options(config), **sampling)
+    run.frames.append(x_0.cpu() * run.scale + run.shift)  # in the data's own units
+    run.frame_epochs.append(run.epoch)
+    run.frame_seconds += time.perf_counter() - tic
+
+
+def train_step(run: Run, x_0: torch.Tensor, c=None, eps=None) -> torch.Tensor:
+    """One AdamW step on x_0 (B, 2), classes c (B,), reflow's eps (B, 2); the loss, not waiting."""
+    loss = loss_fn(run.model, run.method, x_0, c, run.config["cond_drop_prob"], eps)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(run.model.parameters(), 1.0, foreach=True)
+    run.optimizer.step()
+    if run.lr_schedule:
+        run.lr_schedule.step()
+    run.ema.update()
+    return loss.detach()
+
+
+# ----------------------------------------------------------------------------- 9. Training loop
 # Predicting eps = 0 scores 1; a loss this large (or NaN) means the optimisation has blown up.
 DIVERGED_LOSS = 1e3
 
 
-def train(run: "Run") -> str:
-    """AdamW on the loss of section 4, epoch after epoch of shuffled batches, with an EMA of the
+def train(run: Run) -> str:
+    """AdamW on the loss of section 6, epoch after epoch of shuffled batches, with an EMA of the
     weights that samples a frame every few epochs. Returns "done", "interrupted" or "diverged"."""
     config, data, B = run.config, run.data, run.batches_per_epoch
     steps, desc = len(run.losses), f"training on {config['dataset']}"
@@ -566,175 +724,7 @@ def train(run: "Run") -> str:
     return "done"
 
 
-def train_step(run: "Run", x_0: torch.Tensor, c=None, eps=None) -> torch.Tensor:
-    """One AdamW step on a batch x_0 (B, 2) of classes c (B,) (and reflow's noise eps (B, 2));
-    returns the loss, not waiting."""
-    loss = loss_fn(run.model, run.method, x_0, c, run.config["cond_drop_prob"], eps)
-    run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(run.model.parameters(), 1.0, foreach=True)
-    run.optimizer.step()
-    if run.lr_schedule:
-        run.lr_schedule.step()
-    run.ema.update()
-    return loss.detach()
-
-
-class EMA(AveragedModel):
-    """theta_ema <- decay theta_ema + (1 - decay) theta after each step; sampling uses theta_ema.
-
-    torch's AveragedModel with get_ema_multi_avg_fn (the first update copies theta), with both
-    models' tensors listed once: its update_parameters walks both module trees, 16x the lerp."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        super().__init__(model, use_buffers=True)
-        self.decay = decay
-        self.averaged = [*self.module.parameters(), *self.module.buffers()]
-        self.source = [*model.parameters(), *model.buffers()]  # updated in place by the optimizer
-
-    @torch.no_grad()
-    def update(self) -> None:
-        weight = 1 - self.decay if self.n_averaged > 0 else 1.0  # lerp with weight 1 copies
-        torch._foreach_lerp_(self.averaged, self.source, weight)
-        self.n_averaged += 1
-
-
-def is_frame_epoch(epoch: int, config: dict) -> bool:
-    """Frames are sampled every save_images_step epochs and after the last one."""
-    return epoch % config["save_images_step"] == 0 or epoch == config["num_epochs"] - 1
-
-
-def sample_frame(run: "Run") -> None:
-    """Sample eval_batch_size points with the EMA weights (or the exact denoiser) into a frame."""
-    tic, config = time.perf_counter(), run.config
-    run.denoiser.eval()
-    # same x_T every frame: the animation follows the same points
-    generator = torch.Generator(run.data.device).manual_seed(config["seed"])
-    clip_range, n = run.clip_range if config["clip_x0"] else None, config["eval_batch_size"]
-    sampling = {"clip_range": clip_range, "c": run.frame_classes, "start_moments": run.moments}
-    x_0 = sample(run.denoiser, run.method, n, generator, **sampling_options(config), **sampling)
-    run.frames.append(x_0.cpu() * run.scale + run.shift)  # in the data's own units
-    run.frame_epochs.append(run.epoch)
-    run.frame_seconds += time.perf_counter() - tic
-
-
-def class_shares(labels: torch.Tensor | None, num_classes: int, n: int) -> torch.Tensor | None:
-    """The (n,) classes of n points, every class in its share of labels (None without classes)."""
-    if not num_classes:
-        return None
-    in_data = np.bincount(labels.cpu().numpy(), minlength=num_classes)
-    counts = torch.from_numpy(evaluate.shares_of(in_data, n)).to(labels.device)
-    return torch.repeat_interleave(torch.arange(num_classes, device=labels.device), counts)
-
-
-def frame_classes(config: dict, labels: torch.Tensor | None, classes: list) -> torch.Tensor | None:
-    """The (n,) class of each frame point: --class_label, else every class in its data share."""
-    n = config["eval_batch_size"]
-    if classes and config["class_label"] is not None:
-        return torch.full((n,), classes.index(config["class_label"]), device=labels.device)
-    return class_shares(labels, len(classes), n)
-
-
-def make_method(config: dict, sigma_data: float, device="cpu"):
-    """A run's method, built from the numbers its config names (DDPM's schedule on device)."""
-    levels = config["sigma_min"], config["sigma_max"]
-    if config["method"] == "ddpm":
-        betas = BETA_SCHEDULES[config["beta_schedule"]](config["num_timesteps"])
-        return DDPM(betas.to(device), *levels)
-    if config["method"] == "flow":
-        return Flow(config["flow_t"], *levels)
-    return EDM(sigma_data, config["P_mean"], config["P_std"], *levels)
-
-
-# The options that say what network a run trains: MLP's arguments, by the same names.
-MODEL_OPTIONS = ("hidden_size", "hidden_layers", "embedding_size", "time_embedding")
-MODEL_OPTIONS += ("input_embedding", "input_scale", "activation", "block_norm")
-
-
-def make_model(config: dict, num_classes: int = 0) -> MLP:
-    return MLP(num_classes=num_classes, **{option: config[option] for option in MODEL_OPTIONS})
-
-
-def sampling_options(config: dict) -> dict:
-    """reverse_process's options from a run's config; the method's own sampler, churn, grid and
-    number of steps where the config leaves them open."""
-    method = METHODS[config["method"]]
-    steps = config["num_inference_steps"] or method.steps or config["num_timesteps"]
-    given = ("eta", "init_noise", "guidance_scale", "guidance_interval")
-    return {
-        "sampler": config["sampler"] or method.sampler,
-        "s_churn": method.s_churn if config["s_churn"] is None else config["s_churn"],
-        "grid": config["grid"] or method.grid,
-        "num_inference_steps": steps,
-    } | {name: config[name] for name in given}
-
-
-class Run:
-    """A model in training: its method and network, the EMA, AdamW, the losses and the frames so
-    far. checkpoints.py saves and restores it; the run folder (run_folder.py) writes it out."""
-
-    def __init__(self, config, data, labels, classes, shift, scale, sigma_data: float):
-        """data (m, 2): training points in training units, (x - shift) / scale; labels (m,)."""
-        self.config, self.data, self.labels = config, data, labels
-        self.classes, self.sigma_data, device = list(classes), sigma_data, data.device
-        self.method = make_method(config, sigma_data, device)
-        self.model = make_model(config, len(self.classes)).to(device)
-        self.ema = EMA(self.model, config["ema_decay"])
-        # fused: one kernel for all tensors, 5x faster than the per-tensor loop on CPU
-        self.optimizer = AdamW(self.model.parameters(), lr=config["learning_rate"], fused=True)
-        self.batches_per_epoch = math.ceil(len(data) / config["train_batch_size"])
-        steps = config["num_epochs"] * self.batches_per_epoch
-        # Cosine decay of the learning rate to 0: the last steps refine instead of jumping around.
-        cosine = config["lr_decay"] == "cosine"
-        self.lr_schedule = CosineAnnealingLR(self.optimizer, max(steps, 1)) if cosine else None
-        self.losses = torch.full((steps,), math.nan, device=device)  # no sync per step
-        self.clip_range = torch.stack((data.min(0).values, data.max(0).values))  # (2, 2): the box
-        self.shift, self.scale, self.plot_limits = shift, scale, None
-        self.frame_classes = frame_classes(config, labels, self.classes)
-        # init_noise "data" starts from the mean and variance of each frame point's class, (n, 2)
-        groups = [data[labels == k] for k in range(len(self.classes))] if self.classes else [data]
-        pairs = [torch.var_mean(group, 0, correction=0) for group in groups]
-        self.class_vars, self.class_means = (torch.stack(moment) for moment in zip(*pairs))
-        self.moments = self.start_moments(self.frame_classes)
-        self.epoch, self.frames, self.frame_epochs, self.frame_seconds = 0, [], [], 0.0
-        self.denoiser = self.ema.module  # what frames are sampled with (or exact.ExactDenoiser)
-        self.pairs, self.noise = None, None  # reflow's: the teacher's pairs, their eps
-
-    def start_moments(self, c: torch.Tensor | None) -> tuple:
-        """init_noise "data"'s (mean, var) of each point's class c (n,), (n, 2) each."""
-        c = 0 if c is None else c  # (classes or 1, 2) -> (n, 2) or (2,)
-        return self.class_means[c], self.class_vars[c]
-
-
-def make_run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None) -> Run:
-    """A Run on the dataset's training points in training units: a file's standardised."""
-    device = options.resolve_device(config["device"])
-    points, labels = (torch.from_numpy(array) for array in dataset.train_set())  # (m, 2), (m,)
-    if checkpoint:
-        shift, scale = checkpoint["shift"].cpu(), checkpoint["scale"].cpu()
-    elif dataset.is_file:  # frames and metrics stay in the file's own units
-        shift, scale = points.mean(0), points.std(0)  # > 0: datasets refuses flat files
-    else:
-        shift, scale = torch.zeros(2), torch.ones(2)
-    data, pairs = ((points - shift) / scale).to(device), None
-    labels = labels.to(device) if dataset.classes else None
-    if config["reflow"]:  # the teacher's pairs instead, in its units (kept in the checkpoint)
-        pairs = (checkpoint or {}).get("pairs") or teacher_pairs(config, dataset)
-        data, labels, shift, scale = (pairs[key] for key in ("x_0", "labels", "shift", "scale"))
-    # EDM's sigma_data: --sigma_data, else the std of the training data's coordinates,
-    # measured once and kept in the checkpoint so the model is always preconditioned alike
-    sigma_data = config["sigma_data"] or (checkpoint or {}).get("sigma_data") or data.std().item()
-    run = Run(config, data, labels, dataset.classes, shift, scale, sigma_data)
-    run.pairs, run.noise = pairs, pairs["eps"] if pairs else None
-    if checkpoint:
-        checkpoints.restore(run, checkpoint, config["resume"])
-    if config["denoiser"] == "exact":  # the true distribution's, in training units
-        run.denoiser = exact.denoiser_of(dataset, config["data_dir"], shift, scale).to(device)
-    if dataset.is_file:
-        run.plot_limits = plots.padded_limits(points.numpy())
-    return run
-
-
+# ----------------------------------------------------------------------------- 10. Reflow
 # Reflow (Liu et al. 2023, sec. 2.2 and Alg. 1): a trained model's ODE couples each noise eps with
 # the point x_0 it carries eps to. A flow trained on these pairs in place of independent ones
 # (x_t = (1 - t) x_0 + t eps, the same loss) has paths that cross less: they are straighter, and a
@@ -745,10 +735,9 @@ REFLOW_SAMPLING = {"sampler": "heun", "grid": "karras", "num_inference_steps": 1
 def reflow_pairs(teacher: Run, m: int, generator: torch.Generator) -> dict:
     """m chains of the teacher's ODE (REFLOW_SAMPLING, its start and clipping): x_0 (m, 2) where
     each ends, and eps (m, 2) such that it starts at x_0 + sigma_max eps; labels (m,): classes.
-
     This eps, not the start's own noise, makes the teacher's start the student's noisy point at
-    sigma_max, where the student's chains begin: its marginal there is then the start's
-    Gaussian exactly. (x_0 and eps are coupled, so x_0 + sigma_max eps is not x_0 + noise.)"""
+    sigma_max, where the student's chains begin: its marginal there is the start's Gaussian
+    exactly. (x_0 and eps are coupled, so x_0 + sigma_max eps is not x_0 + noise.)"""
     c = class_shares(teacher.labels, len(teacher.classes), m)
     clip_range = teacher.clip_range if teacher.config["clip_x0"] else None
     options = sampling_options(teacher.config) | REFLOW_SAMPLING
@@ -760,8 +749,7 @@ def reflow_pairs(teacher: Run, m: int, generator: torch.Generator) -> dict:
 
 
 def teacher_pairs(config: dict, dataset: datasets.Dataset) -> dict:
-    """--reflow_pairs pairs (default: as many as its training points) of the teacher run --reflow,
-    with its units and config."""
+    """The pairs of the teacher run --reflow (--reflow_pairs of them), with its units and config."""
     tic, device = time.perf_counter(), options.resolve_device(config["device"])
     checkpoint = checkpoints.load(Path(config["reflow"]), device)
     teacher = make_run(checkpoints.teacher_config(config, checkpoint), dataset, checkpoint)
@@ -769,6 +757,19 @@ def teacher_pairs(config: dict, dataset: datasets.Dataset) -> dict:
     pairs = reflow_pairs(teacher, config["reflow_pairs"] or len(teacher.data), generator)
     units = {"shift": teacher.shift, "scale": teacher.scale, "teacher": teacher.config}
     return pairs | units | {"seconds": time.perf_counter() - tic}
+
+
+def straightness(path: list) -> float:
+    """Liu et al. 2023, eq. 3 in discrete form: the mean over a chain's steps (weighted by their
+    length in t) of |(eps - x_0) - v|^2, v the step's velocity dx_t/dt, in flow's coordinates
+    x_t = x / (1 + sigma), t = sigma / (1 + sigma): 0 when every path is a straight line walked
+    at constant speed. path: reverse_process's (sigma, x (n, 2)), noise first."""
+    t = torch.tensor([sigma / (1 + sigma) for sigma, _ in path], dtype=torch.float64)  # (N + 1,)
+    x_t = torch.stack([x / (1 + sigma) for sigma, x in path]).cpu().double()  # (N + 1, n, 2)
+    dt = t[:-1] - t[1:]  # (N,): t falls to 0
+    v = (x_t[:-1] - x_t[1:]) / dt[:, None, None]  # (N, n, 2): each step's velocity
+    v_mean = (x_t[0] - x_t[-1]) / dt.sum()  # (n, 2): the straight line's, eps - x_0 at t = 1
+    return ((dt[:, None] * ((v - v_mean) ** 2).sum(-1)).sum(0) / dt.sum()).mean().item()
 
 
 def path_straightness(run: Run) -> float:
@@ -781,47 +782,49 @@ def path_straightness(run: Run) -> float:
     return straightness(list(path))
 
 
-def run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None) -> dict:
+# ----------------------------------------------------------------------------- 11. Command line
+def experiment(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None) -> dict:
     """Train (or continue, or only sample) a model, score its last frame, write exps/<name>/."""
     started = time.perf_counter()
     torch.manual_seed(config["seed"])
-    state = make_run(config, dataset, checkpoint)
+    drawn = config["reflow"] and "pairs" not in (checkpoint or {})  # the teacher's pairs to draw
+    run = make_run(config, dataset, checkpoint, teacher_pairs(config, dataset) if drawn else None)
     sampling = sampling_options(config)
     num_evals = nfe(sampling["sampler"], sampling["num_inference_steps"])
     tqdm.write(
-        f"{state.method.summary()}; sampling: {sampling['sampler']} on the "
+        f"{run.method.summary()}; sampling: {sampling['sampler']} on the "
         f"{sampling['grid']} grid, {sampling['num_inference_steps']} steps, NFE = {num_evals}"
     )
-    if state.pairs:
-        teacher = state.pairs["teacher"]
+    if run.pairs:
+        teacher = run.pairs["teacher"]
         tqdm.write(
-            f"reflow of {config['reflow']} ({teacher['method']}): {len(state.data)} pairs of its "
+            f"reflow of {config['reflow']} ({teacher['method']}): {len(run.data)} pairs of its "
             f"ODE, {REFLOW_SAMPLING['num_inference_steps']} heun steps on the karras grid"
         )
     out_dir = Path(config["exps_dir"]) / config["experiment_name"]
-    labels = None if state.frame_classes is None else state.frame_classes.cpu().numpy()  # (n,)
+    labels = None if run.frame_classes is None else run.frame_classes.cpu().numpy()  # (n,)
+    limits = plots.padded_limits(dataset.train_set()[0]) if dataset.is_file else None  # a file's
     tic = time.perf_counter()
-    status = train(state)
-    seconds = {"train": time.perf_counter() - tic - state.frame_seconds}
+    status = train(run)
+    seconds = {"train": time.perf_counter() - tic - run.frame_seconds}
     if status == "interrupted":  # save what was done, and say where
-        run_folder.stop_early(out_dir, checkpoints.state_of(state), labels, state.plot_limits)
+        run_folder.stop_early(out_dir, checkpoints.state_of(run), labels, limits)
     if status == "diverged":  # the losses up to the first bad one, and no blown-up weights
-        first_bad = int((~(state.losses <= DIVERGED_LOSS)).nonzero()[0])  # NaN compares False
-        saved = checkpoints.state_of(state) | {"losses": state.losses[: first_bad + 1].cpu()}
-        run_folder.stop_early(out_dir, saved, labels, state.plot_limits, diverged_at=first_bad)
-    if not state.frames:  # --num_epochs 0: only sample the checkpoint
-        sample_frame(state)
+        first_bad = int((~(run.losses <= DIVERGED_LOSS)).nonzero()[0])  # NaN compares False
+        saved = checkpoints.state_of(run) | {"losses": run.losses[: first_bad + 1].cpu()}
+        run_folder.stop_early(out_dir, saved, labels, limits, diverged_at=first_bad)
+    if not run.frames:  # --num_epochs 0: only sample the checkpoint
+        sample_frame(run)
     tic = time.perf_counter()
-    metrics = evaluate.evaluate(state.frames[-1].numpy(), dataset, config["seed"], labels=labels)
-    metrics |= {"nfe": num_evals, "straightness": path_straightness(state)}
-    seconds |= {"frames": state.frame_seconds, "evaluate": time.perf_counter() - tic}
-    seconds |= {"pairs": state.pairs["seconds"]} if state.pairs else {}
-    saved = checkpoints.state_of(state)
-    print(run_folder.save_run(out_dir, saved, labels, state.plot_limits, metrics, seconds, started))
+    metrics = evaluate.evaluate(run.frames[-1].numpy(), dataset, config["seed"], labels=labels)
+    metrics |= {"nfe": num_evals, "straightness": path_straightness(run)}
+    seconds |= {"frames": run.frame_seconds, "evaluate": time.perf_counter() - tic}
+    seconds |= {"pairs": run.pairs["seconds"]} if run.pairs else {}
+    saved = checkpoints.state_of(run)
+    print(run_folder.save_run(out_dir, saved, labels, limits, metrics, seconds, started))
     return metrics
 
 
-# ----------------------------------------------------------------------------- 7. Command line
 def build_parser() -> options.ArgumentParser:
     """`python ddpm.py -h`: every option (options.py), with the names this file defines."""
     names = {"method": METHODS, "beta_schedule": BETA_SCHEDULES, "flow_t": FLOW_T, "grid": GRIDS}
@@ -837,7 +840,7 @@ def main(argv=None) -> int:
     options.use_run_threads()
     with options.errors_in_one_line(parser):
         config, dataset, checkpoint = checkpoints.prepare(parser, argv, sampling_options)
-        metrics = run(config, dataset, checkpoint)
+        metrics = experiment(config, dataset, checkpoint)
     seconds = metrics["seconds"]["total"]
     print(f"{config['dataset']}: {evaluate.format_metrics(metrics)}  ({seconds:.1f} s)")
     return 0

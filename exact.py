@@ -226,7 +226,7 @@ CLOSED_FORMS = {
 class ExactDenoiser(nn.Module):
     """D(x, sigma, c) -> E[x_0 | x] (B, 2) for x (B, 2) = x_0 + sigma eps, sigma (B,), c (B,) or
     None: what every method's network is trained to give, here exact, so it takes the network's
-    place in any sampler (ddpm.denoise).
+    place in any sampler (ddpm.guided_D).
 
     mixtures: one per class, then the whole distribution, which is also classifier-free
     guidance's null class (index num_classes)."""

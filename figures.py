@@ -339,7 +339,7 @@ def defaults_tables(exps_dir: Path) -> str:
     return text
 
 
-# Reflow (ddpm.py, section 6): a flow, its 2- and 3-rectified flows, sampled in 1-8 Euler steps,
+# Reflow (ddpm.py, section 10): a flow, its 2- and 3-rectified flows, sampled in 1-8 Euler steps,
 # beside the default method at its own sampler and the exact denoiser's flow at the same steps.
 REFLOW_DATASETS, REFLOW_STEPS, REFLOW_SEEDS = ["dino", "moons"], [1, 2, 4, 8], ["0", "1", "2"]
 

@@ -100,7 +100,7 @@ def nll(model, method, x, prior, shift, scale, sigma_max, steps=STEPS) -> torch.
     method, or exact.ExactDenoiser with method None) trained on (x - shift) / scale.
 
     The change of units adds log |det| of the map, sum(log scale)."""
-    D = partial(ddpm.denoise, model, method)  # unconditional, unclipped: a smooth D
+    D = partial(ddpm.guided_D, model, method)  # unconditional, unclipped: a smooth D
     log_p = log_likelihood(D, (x - shift) / scale, prior, sigma_max, steps)
     return scale.log().sum() - log_p
 

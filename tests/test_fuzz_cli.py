@@ -1,6 +1,6 @@
 """Any command line either starts a run or ends in one line saying what is wrong, never a traceback.
 
-Parsing and checking only: ddpm.run is replaced by a stub, so no example trains.
+Parsing and checking only: ddpm.experiment is replaced by a stub, so no example trains.
 """
 
 import pytest
@@ -29,7 +29,7 @@ TOKENS = st.one_of(
 
 
 class Started(Exception):
-    """Raised by the stub of ddpm.run: the checks let the run start."""
+    """Raised by the stub of ddpm.experiment: the checks let the run start."""
 
 
 def start(*args):
@@ -42,7 +42,7 @@ def start(*args):
 @given(argv=st.lists(TOKENS, max_size=8))
 def test_any_command_line_starts_a_run_or_ends_in_one_line(argv, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # relative paths typed by the fuzzer land here
-    monkeypatch.setattr(ddpm, "run", start)
+    monkeypatch.setattr(ddpm, "experiment", start)
     try:
         code = ddpm.main(["--exps_dir", str(tmp_path / "exps"), *argv])
     except SystemExit as exit:

@@ -19,7 +19,7 @@ MIXTURE = exact.GaussianMixture([0.2, 0.5, 0.3], [[-1.0, 0.5], [1.0, 1.0], [0.0,
 
 def exact_D(mixture):
     """D(x, sigma: float) of a mixture, as likelihood.log_likelihood takes it."""
-    return partial(ddpm.denoise, exact.ExactDenoiser([mixture]), None)
+    return partial(ddpm.guided_D, exact.ExactDenoiser([mixture]), None)
 
 
 def test_nll_of_a_gaussian_in_the_datas_units_is_its_closed_form():

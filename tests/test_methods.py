@@ -69,7 +69,7 @@ def test_a_network_that_outputs_its_training_target_denoises_exactly():
             asked.append((x, t))
             return target
 
-        x_0_hat = method.denoised(network, x_0 + sigma[:, None] * eps, sigma)
+        x_0_hat = method.D_theta(network, x_0 + sigma[:, None] * eps, sigma)
         assert torch.allclose(asked[0][0], x_in, atol=1e-4), name
         assert torch.allclose(asked[0][1], time_in, atol=1e-3), name
         assert torch.allclose(x_0_hat, x_0, atol=2e-3), name
@@ -119,7 +119,7 @@ class Gaussian:
         self.mu, self.s = torch.tensor(mu), s
         self.calls = 0
 
-    def denoised(self, model, x, sigma, c=None):
+    def D_theta(self, model, x, sigma, c=None):
         self.calls += 1
         return self.mu + self.s**2 / (self.s**2 + sigma[:, None] ** 2) * (x - self.mu)
 
@@ -162,7 +162,7 @@ def ode_error(step, num_steps):
     """The error at sigma = 0.5 of steps from sigma = 2 on the probability-flow ODE of N(0, 1),
     whose solution is x(sigma) = x(2) sqrt(1 + sigma^2) / sqrt(5)."""
     gaussian = Gaussian([0.0, 0.0], 1.0)
-    D = lambda x, sigma: gaussian.denoised(None, x, torch.full((len(x),), sigma))  # noqa: E731
+    D = lambda x, sigma: gaussian.D_theta(None, x, torch.full((len(x),), sigma))  # noqa: E731
     x = torch.ones(1, 2, dtype=torch.float64)
     sigmas = torch.linspace(2, 0.5, num_steps + 1, dtype=torch.float64).tolist()
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):

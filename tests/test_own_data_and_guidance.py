@@ -194,7 +194,7 @@ def test_guidance_mixes_conditional_and_unconditional_eps_as_in_ho_and_salimans(
     eps_c, eps_null = model(x_t, t, c), model(x_t, t, None)
 
     def D(scale):
-        return ddpm.denoise(model, method, x, sigma, c, scale)
+        return ddpm.guided_D(model, method, x, sigma, c, scale)
 
     assert torch.allclose(D(1.0), x - sigma * eps_c, atol=1e-5)
     assert torch.allclose(D(0.0), x - sigma * eps_null, atol=1e-5)

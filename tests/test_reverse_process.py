@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -20,7 +22,7 @@ def test_add_noise_has_the_marginal_variance_of_eq_4():
 def vp_step(step, x_t, x_0, alpha_bar_t, alpha_bar_prev, z):
     """One VE step from x_t (Ho et al.'s units) with a denoiser answering x_0, back in x_t units."""
     sigma, sigma_prev = (((1 - a) / a).sqrt().item() for a in (alpha_bar_t, alpha_bar_prev))
-    x_next = step(lambda x, s: x_0, x_t / alpha_bar_t.sqrt(), sigma, sigma_prev, z)
+    x_next = step(lambda x, s: x_0, x_t / alpha_bar_t.sqrt(), sigma, sigma_prev, lambda: z)
     return alpha_bar_prev.sqrt() * x_next
 
 
@@ -116,3 +118,40 @@ def test_ddpm_sampler_with_few_steps_finds_a_point_mass():
         num_inference_steps=7,
     )
     assert torch.allclose(x_0, c.expand(100, 2), atol=1e-4)
+
+
+def test_algorithm_1_draws_t_uniformly_and_noises_by_eq_4_with_eps_as_target():
+    s, x_0, eps = schedule(), torch.randn(50_000, 2), torch.randn(50_000, 2)
+    x_t, t, target = ddpm.ddpm_training_example(s, x_0, eps)  # what --method ddpm trains on
+    assert torch.equal(t, t.round()) and t.min() == 0 and t.max() == 49
+    assert t.long().bincount().float().std() / 1000 < 0.05  # 1000 of each of the 50 timesteps
+    a = s.alphas_cumprod[t.long(), None]
+    assert torch.allclose(x_t, a.sqrt() * x_0 + (1 - a).sqrt() * eps, atol=1e-6)
+    assert torch.equal(target, eps)
+
+
+def test_algorithm_2_as_written_is_the_chain_that_sampler_ddpm_runs_in_sigma_units():
+    # Ho et al. 2020, Algorithm 2 in x_t and integer t, against --method ddpm --sampler ddpm on all
+    # T trained levels, which steps x = x_t / sqrt(alpha_bar_t) with D(x; sigma): the same chain,
+    # with the same noise, up to float32 rounding.
+    method = linear_ddpm()
+    alpha_bar, mu, s = method.schedule.alphas_cumprod, torch.tensor([1.0, -2.0]), 0.5
+
+    def eps_theta(x_t, t, c=None):  # E[eps | x_t] for data N(mu, s^2 I), and a wiggle
+        a = alpha_bar[t.round().long(), None]
+        return (1 - a).sqrt() * (x_t - a.sqrt() * mu) / (a * s**2 + 1 - a) + 0.1 * torch.sin(
+            3 * x_t
+        )
+
+    options = dict(sampler="ddpm", grid="timesteps", num_inference_steps=50)
+    chain = ddpm.reverse_process(
+        eps_theta, method, 500, torch.Generator().manual_seed(0), **options
+    )
+    x_ts = [x / math.sqrt(1 + sigma**2) for sigma, x in chain]  # x_t = sqrt(alpha_bar) x
+    generator = torch.Generator().manual_seed(0)
+    torch.randn(500, 2, generator=generator)  # the start, x_T, drawn by reverse_process
+    plain = list(ddpm.ddpm_sample(eps_theta, method.schedule, x_ts[0], generator))
+    assert len(plain) == 50
+    for x_t, expected in zip(plain, x_ts[1:]):
+        assert torch.allclose(x_t, expected, atol=1e-5)  # float32 rounding: |x_t| < 5
+    assert (plain[-1] - x_ts[-1]).abs().max() > 0  # two computations, not one

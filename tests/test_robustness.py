@@ -380,19 +380,19 @@ def test_no_option_is_a_bare_float(capsys):
 
 
 class Started(Exception):
-    """Raised by the stub of ddpm.run: the checks let the run start."""
+    """Raised by the stub of ddpm.experiment: the checks let the run start."""
 
 
 @pytest.fixture
 def no_training(monkeypatch):
-    """ddpm.run replaced by a stub that records the call and raises Started."""
+    """ddpm.experiment replaced by a stub that records the call and raises Started."""
     started = []
 
     def stub(*args):
         started.append(args)
         raise Started
 
-    monkeypatch.setattr(ddpm, "run", stub)
+    monkeypatch.setattr(ddpm, "experiment", stub)
     return started
 
 
@@ -406,10 +406,10 @@ def test_running_out_of_memory_is_one_line_and_other_errors_are_not_hidden(
         return stub
 
     allocator = "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory"
-    monkeypatch.setattr(ddpm, "run", allocate(f"{allocator}\nframe #0: ..."))
+    monkeypatch.setattr(ddpm, "experiment", allocate(f"{allocator}\nframe #0: ..."))
     code, err = cli(capsys, *TINY, "--exps_dir", str(tmp_path))
     assert_one_line_error(code, err, "out of memory", "smaller --hidden_size", exit_code=1)
-    monkeypatch.setattr(ddpm, "run", allocate("a bug"))
+    monkeypatch.setattr(ddpm, "experiment", allocate("a bug"))
     with pytest.raises(RuntimeError, match="a bug"):
         ddpm.main([*TINY, "--exps_dir", str(tmp_path), "--overwrite"])
 
