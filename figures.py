@@ -81,7 +81,10 @@ def draw_process_figures(run_dir: Path, out_dir: Path) -> list[Path]:
     plots.save_grid(
         [[x for _, x in forward], [x for _, x in shown]],
         paths[0],
-        row_labels=["forward: x_0 + σ ε  →", f"←  reverse: {sampler['sampler']}"],
+        row_labels=[
+            "forward: x_0 + σ ε  →",
+            f"←  reverse: {sampler['sampler']}, {sampler['num_inference_steps']} steps",
+        ],
         col_labels=[f"σ = {sigma:.3g}" for sigma, _ in shown],
         title="one noise level σ per column; points shown as x / √(1 + σ²)",
     )
@@ -379,7 +382,9 @@ def density_figure(exps_dir: Path, path: Path) -> str:
         nll = model_nll(held_out)
         kl = nll + true.log_prob(held_out)
         rows.append({"method": method, "nll": nll.mean().item(), "kl": kl.mean().item()})
-    plots.save_densities(images, samples, titles, path)
+    # the scale's top: the exact density's highest cell (the models' peaks, point values, are
+    # higher where a grid point falls on one)
+    plots.save_densities(images, samples, titles, path, top_value=images[0].max())
     return ablate.write_table(rows, exps_dir / "ablations" / "likelihood")
 
 

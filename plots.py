@@ -166,13 +166,16 @@ def save_log_density(log_p: np.ndarray, extent, points: np.ndarray, path: Path, 
 
 
 def save_densities(
-    log_densities: list[np.ndarray], samples: list[np.ndarray], titles: list[str], path: Path
+    log_densities: list[np.ndarray],
+    samples: list[np.ndarray],
+    titles: list[str],
+    path: Path,
+    top_value: float,
 ) -> None:
     """A column per model: its log density over [-LIMIT, LIMIT]^2 (an (N, N) grid, rows along
-    y) above its samples (M, 2). One colour scale for all, 8 nats down from the highest value
-    of any panel, and its bar."""
+    y) above its samples (M, 2). One colour scale for all, from top_value down 8 nats (higher
+    values in its top colour), and its bar."""
     fig, axes = plt.subplots(2, len(titles), figsize=(len(titles) * 2.4, 2 * 2.4), squeeze=False)
-    top_value = max(log_p.max() for log_p in log_densities)
     for column, (log_p, points, title) in enumerate(zip(log_densities, samples, titles)):
         top, bottom = axes[0][column], axes[1][column]
         top.imshow(
@@ -191,7 +194,7 @@ def save_densities(
     axes[1][0].set_ylabel("1000 samples", fontsize=9)
     fig.tight_layout(rect=(0, 0, 0.93, 1))
     bar = fig.colorbar(axes[0][0].images[0], cax=fig.add_axes((0.94, 0.55, 0.012, 0.4)))
-    bar.set_label("log p (nats)", fontsize=8)
+    bar.set_label("log p (nats); higher: top colour", fontsize=8)
     bar.ax.tick_params(labelsize=7)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)

@@ -126,7 +126,7 @@ def test_a_run_saved_before_an_option_existed_is_reused_when_that_option_is_at_i
 def test_the_density_figure_has_a_column_per_model(tmp_path):
     log_p = [np.zeros((20, 20)) - k for k in range(3)]
     points = [np.random.default_rng(k).normal(size=(100, 2)) for k in range(3)]
-    plots.save_densities(log_p, points, ["data", "ddpm", "edm"], tmp_path / "density.png")
+    plots.save_densities(log_p, points, ["data", "ddpm", "edm"], tmp_path / "density.png", 0.0)
     width, height = round(3 * 2.4 * plots.DPI), round(2 * 2.4 * plots.DPI)
     assert image_size(tmp_path / "density.png") == ((width, height), 1)
 
