@@ -82,8 +82,8 @@ def draw_process_figures(run_dir: Path, out_dir: Path) -> list[Path]:
         [[x for _, x in forward], [x for _, x in shown]],
         paths[0],
         row_labels=[
-            "forward: x_0 + σ ε  →",
-            f"←  reverse: {sampler['sampler']}, {sampler['num_inference_steps']} steps",
+            "forward:\nx_0 + σ ε  →",
+            f"←  reverse:\n{sampler['sampler']}, {sampler['num_inference_steps']} steps",
         ],
         col_labels=[f"σ = {sigma:.3g}" for sigma, _ in shown],
         title="one noise level σ per column; points shown as x / √(1 + σ²)",
