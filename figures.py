@@ -116,12 +116,14 @@ def _chain(run: ddpm.Run, seed: int, **sampling) -> list[tuple[float, torch.Tens
 FIELD_SIGMAS, FIELD_ARROWS, FIELD_CELLS = [0.05, 0.2, 1.0, 5.0], 17, 60
 
 
-def _field_grid(limits, count: int) -> torch.Tensor:
+def _field_grid(limits, count: int, centres: bool = False) -> torch.Tensor:
     """(count * count, 2) points on an even grid over limits (xmin, xmax, ymin, ymax), rows along
-    y."""
-    xs = torch.linspace(limits[0], limits[1], count)
-    ys = torch.linspace(limits[2], limits[3], count)
-    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)
+    y: from edge to edge, or the centres of count x count cells (an image's pixels)."""
+    axes = []
+    for low, high in (limits[:2], limits[2:]):
+        edges = torch.linspace(low, high, count + 1 if centres else count)
+        axes.append((edges[1:] + edges[:-1]) / 2 if centres else edges)
+    return torch.stack(torch.meshgrid(*axes, indexing="xy"), -1).reshape(-1, 2)
 
 
 def field_figure(exps_dir: Path, path: Path) -> str:
@@ -135,7 +137,7 @@ def field_figure(exps_dir: Path, path: Path) -> str:
     )
     data = run.data
     limits = plots.padded_limits(data.numpy())
-    arrows_at, fine = _field_grid(limits, FIELD_ARROWS), _field_grid(limits, FIELD_CELLS)
+    arrows_at, fine = _field_grid(limits, FIELD_ARROWS), _field_grid(limits, FIELD_CELLS, True)
     arrows, errors, rows = [[], []], [], []
     eps = torch.randn(data.shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
