@@ -5,9 +5,9 @@ precision and recall.
     python ablate.py beta_schedule linear quadratic cosine sigmoid --dataset moons
     python ablate.py dataset dino moons line circle
 
-Runs already in exps/ with the same options are reused. The grid has a row per value and a
-column per saved epoch (static/ablation_<param>.png); the numbers go to
-exps/ablations/<param>.csv and .md.
+Runs already in exps/ with the same options are reused. The grid has a row per value, labelled
+with its W2 ratio / precision / recall, and a column per saved checkpoint from the second on
+(static/ablation_<param>.png); the numbers go to exps/ablations/<param>.csv and .md.
 """
 
 import argparse
@@ -77,29 +77,43 @@ def run_once(args: list[str], exps_dir: Path) -> Path:
     return out
 
 
-def score(out: Path) -> dict:
-    """The run's metrics, the evaluation redone on its last frame so tables follow evaluate.py."""
+# What a run's score depends on besides its samples: when one changed after the run was scored,
+# the score is redone.
+SCORED_BY = [Path(evaluate.__file__), Path(datasets.__file__)]
 
+
+def score(out: Path) -> dict:
+    """The run's metrics, with the evaluation redone on its last frame (and saved) if evaluate.py
+    or datasets.py changed since the run was scored: tables follow evaluate.py."""
+    metrics = json.loads((out / "metrics.json").read_text())
+    scored_at = (out / "metrics.json").stat().st_mtime
+    if scored_at > max(path.stat().st_mtime for path in SCORED_BY):
+        return metrics
     config = json.loads((out / "config.json").read_text())
     labels = np.load(out / "frame_labels.npy") if (out / "frame_labels.npy").is_file() else None
     samples = np.load(out / "frames.npy")[-1]
-    metrics = json.loads((out / "metrics.json").read_text())
     config = checkpoints.LEGACY_CONFIG | config  # a run from before an option existed
     dataset = datasets.load(config["dataset"], config["data_dir"], config["held_out"])
-    return metrics | evaluate.evaluate(samples, dataset, seed=config["seed"], labels=labels)
+    metrics |= evaluate.evaluate(samples, dataset, seed=config["seed"], labels=labels)
+    run_folder.write_json(out / "metrics.json", metrics)
+    return metrics
 
 
 def sweep(
     param: str, values: list[str], extra: list[str], exps_dir: Path, figure: Path
 ) -> list[dict]:
-    """Run every value, draw the grid to `figure`, return one row of numbers per value."""
+    """Run every value, draw the grid to `figure`, return one row of numbers per value.
+
+    The grid's columns are COLUMNS of the saved frames, from the second on: the first is
+    sampled after one epoch, from a model that has not yet learnt anything worth showing."""
     rows, cells, labels, col_labels = [], [], [], None
     for value in values:
         out = run_once([*extra, f"--{param}", value], exps_dir)  # the swept value wins
         metrics = score(out)
         config = json.loads((out / "config.json").read_text())
         frames = np.load(out / "frames.npy")  # (frames, N, 2)
-        shown = np.unique(np.linspace(0, len(frames) - 1, COLUMNS).round().astype(int))
+        first = min(1, len(frames) - 1)
+        shown = np.unique(np.linspace(first, len(frames) - 1, COLUMNS).round().astype(int))
         cells.append([frames[i] for i in shown])
         if config["num_epochs"] == 0:  # sampled from a checkpoint: one frame
             col_labels = ["samples"]
@@ -107,8 +121,12 @@ def sweep(
             frame_epochs = [
                 e for e in range(config["num_epochs"]) if ddpm.is_frame_epoch(e, config)
             ]
-            col_labels = [f"epoch {frame_epochs[i]}" for i in shown]
-        labels.append(f"{value}\nW2 {metrics['w2_ratio']:.2f}, P {metrics['precision']:.2f}")
+            # frame e is sampled after e + 1 epochs of training
+            col_labels = [f"{frame_epochs[i] + 1} epochs" for i in shown]
+        labels.append(
+            f"{value}\n{metrics['w2_ratio']:.2f} / {metrics['precision']:.2f} / "
+            f"{metrics['recall']:.2f}"
+        )
         row = {
             param: value,
             "dataset": config["dataset"],
@@ -123,7 +141,8 @@ def sweep(
         rows.append(
             row | ({"train_seconds": metrics["seconds"]["train"]} if config["num_epochs"] else {})
         )
-    plots.save_grid(cells, figure, row_labels=labels, col_labels=col_labels, title=param)
+    title = f"{param}: a row per value (W2 ratio / precision / recall), a column per checkpoint"
+    plots.save_grid(cells, figure, row_labels=labels, col_labels=col_labels, title=title)
     return rows
 
 

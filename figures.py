@@ -1,24 +1,29 @@
-"""Rebuild every figure of README.md and every table of RESULTS.md: python figures.py (each
-part's time is in RESULTS.md).
+"""Rebuild every figure and table of the README and RESULTS.md: python figures.py, or one part
+with python figures.py --NAME (-h lists them). Each prints its seconds.
 
-Runs (or reuses) the default run of each dataset and every ablation sweep in exps/, then
-draws into static/: the forward and reverse processes, their animation, the samples, the
-loss curve and the ablation grids. The tables go to exps/ablations/.
+Runs (or reuses) in exps/ the runs each part needs, then draws into static/: the default run's
+samples, process figure, animation and loss curve; the denoiser's field; paths per method; where
+each method trains; the method x NFE grid; the ablation grids; the density, reflow and guidance
+figures. The tables go to exps/ablations/.
 """
 
 import argparse
 import json
 import math
 import shutil
+import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
 import torch
 
 import ablate
 import checkpoints
 import datasets
 import ddpm
+import exact
 import likelihood
 import options
 import plots
@@ -26,59 +31,37 @@ import run_folder
 from options import PROJECT_DIR
 
 STATIC_DIR = PROJECT_DIR / "static"
-# (option, values): the original's ablations, on the dino, with the defaults elsewhere.
-SWEEPS = [
-    ("dataset", ["dino", "moons", "line", "circle"]),
-    ("learning_rate", ["1e-2", "3e-3", "1e-3", "1e-4"]),
-    ("num_timesteps", ["10", "50", "200"]),
-    ("beta_schedule", ["linear", "quadratic", "cosine", "sigmoid"]),
+# (option, values): the ablations that teach, on the dino with every other option at its default
+# (EDM); the swept value wins.
+ABLATIONS = [
+    ("learning_rate", ["1e-2", "2e-3", "5e-4", "1e-4"]),
+    ("num_inference_steps", ["3", "6", "12", "25"]),  # Heun: 5, 11, 23 and 49 NFE
+    ("input_embedding", ["directional", "sinusoidal", "learnable", "linear", "identity"]),
     ("hidden_size", ["32", "64", "128", "256"]),
-    ("hidden_layers", ["1", "3", "5"]),
-    ("time_embedding", ["sinusoidal", "learnable", "linear", "zero"]),
-    ("input_embedding", ["sinusoidal", "learnable", "linear", "identity"]),
 ]
-SNAPSHOTS = 6  # panels in the forward and reverse figures
-# The original's ablations, the DDIM sweeps and the guidance model are DDPM's: the defaults before
-# EDM became the default (README, "Ablations").
-DDPM = ["--method", "ddpm", "--input_scale", "25", "--lr_decay", "none", "--learning_rate", "3e-3"]
-DDPM += ["--init_noise", "scaled"]
-# ... and the network they were measured with: plain blocks, GELU, x and y embedded apart
-PLAIN_NETWORK = ["--block_norm", "none", "--activation", "gelu", "--input_embedding", "sinusoidal"]
-DDPM += PLAIN_NETWORK
+SNAPSHOTS = 6  # columns of the process figure
+# The GIF: forward frames at 0 and at geometric noise levels up to the sampler's start, then every
+# state of the sampler; milliseconds per frame, the last one held.
+GIF_FORWARD_FRAMES, GIF_MS = 30, {"forward": 80, "reverse": 300, "last": 1500}
 
 
-def forward_process(config: dict, n: int = 1000, seed: int = 0) -> list[tuple[int, np.ndarray]]:
-    """(t, x_t) for t = 0..T: the data, then ever noisier (Ho et al. 2020, eq. 4)."""
-    betas = ddpm.BETA_SCHEDULES[config["beta_schedule"]](config["num_timesteps"])
-    schedule = ddpm.NoiseSchedule(betas)
+def forward_process(config: dict, sigmas, n: int = 1000, seed: int = 0) -> list[tuple]:
+    """(sigma, x) for each sigma: x = x_0 + sigma eps, the same points and noise throughout (the
+    family's noisy point, Karras et al. 2022, sec. 2), shown as x / sqrt(1 + sigma^2) as the
+    reverse process is."""
     x_0 = torch.from_numpy(
         datasets.get_dataset(config["dataset"], n, seed=seed, data_dir=config["data_dir"])
     )
     eps = torch.randn(x_0.shape, generator=torch.Generator().manual_seed(seed))
-    steps = [(0, x_0.numpy())]
-    for t in range(schedule.num_timesteps):
-        steps.append(
-            (t + 1, schedule.add_noise(x_0, eps, torch.full((n,), t)).numpy())
-        )  # paper's index t + 1
-    return steps
+    return [(sigma, ((x_0 + sigma * eps) / math.sqrt(1 + sigma**2)).numpy()) for sigma in sigmas]
 
 
-def reverse_process(
-    checkpoint_path: Path, n: int = 1000, seed: int = 0
-) -> list[tuple[int, np.ndarray]]:
-    """(sigma, x) from sigma_max down to 0 with the run's EMA model and sampler.
-
-    x is shown as x / sqrt(1 + sigma^2), DDPM's x_t: the noise of every method stays in view."""
+def reverse_process(checkpoint_path: Path, seed: int = 0) -> list[tuple[float, np.ndarray]]:
+    """(sigma, x) from sigma_max down to 0: a chain of the run's EMA model and sampler from its
+    frame points' start. x is shown as x / sqrt(1 + sigma^2), DDPM's x_t: the noise stays in
+    view."""
     run, _ = likelihood.load_run(checkpoint_path)
-    generator = torch.Generator().manual_seed(seed)
-    options = ddpm.sampling_options(run.config) | {"guidance_scale": 1.0}
-    # unconditional: the clip range and the start (init_noise "data") of all the data
-    options |= {
-        "clip_range": run.clip_range,
-        "start_moments": torch.var_mean(run.data, 0, correction=0)[::-1],
-    }
-    steps = ddpm.reverse_process(run.ema.module.eval(), run.method, n, generator, **options)
-    return [(sigma, (x / math.sqrt(1 + sigma**2)).numpy()) for sigma, x in steps]
+    return [(sigma, (x / math.sqrt(1 + sigma**2)).numpy()) for sigma, x in _chain(run, seed)]
 
 
 def _spaced(steps: list, count: int) -> list:
@@ -86,92 +69,324 @@ def _spaced(steps: list, count: int) -> list:
 
 
 def draw_process_figures(run_dir: Path, out_dir: Path) -> list[Path]:
-    """forward.png, reverse.png and diffusion.gif of a finished run."""
+    """process.png and diffusion.gif of a finished run: the forward process x_0 + sigma eps and
+    the run's sampler, one noise unit (sigma) for both. In the figure each column is one sigma,
+    the sampler's state above the data noised to the same sigma."""
     config = json.loads((run_dir / "config.json").read_text())
-    forward, reverse = forward_process(config), reverse_process(run_dir / "model.pth")
-    paths = [out_dir / "forward.png", out_dir / "reverse.png", out_dir / "diffusion.gif"]
-    for steps, path in zip((forward, reverse), paths):
-        shown = _spaced(steps, SNAPSHOTS)
-        labels = [f"t = {t}" if steps is forward else f"sigma = {t:.3g}" for t, _ in shown]
-        plots.save_grid([[x for _, x in shown]], path, col_labels=labels)
-    both = [(f"forward: t = {t}", x) for t, x in forward] + [
-        (f"reverse: sigma = {sigma:.3g}", x) for sigma, x in reverse
-    ]
-    plots.save_animation([x for _, x in both], [title for title, _ in both], paths[2])
+    reverse = reverse_process(run_dir / "model.pth")
+    shown = _spaced(reverse, SNAPSHOTS)[::-1]  # sigma = 0 first
+    forward = forward_process(config, [sigma for sigma, _ in shown])
+    paths = [out_dir / "process.png", out_dir / "diffusion.gif"]
+    sampler = ddpm.sampling_options(config)
+    plots.save_grid(
+        [[x for _, x in forward], [x for _, x in shown]],
+        paths[0],
+        row_labels=[
+            "forward:\nx_0 + σ ε  →",
+            f"←  reverse:\n{sampler['sampler']}, {sampler['num_inference_steps']} steps",
+        ],
+        col_labels=[f"σ = {sigma:.3g}" for sigma, _ in shown],
+        title="one noise level σ per column; points shown as x / √(1 + σ²)",
+    )
+    levels = [0.0, *np.geomspace(0.01, reverse[0][0], GIF_FORWARD_FRAMES).tolist()]
+    frames = [(f"forward: σ = {sigma:.3g}", x) for sigma, x in forward_process(config, levels)]
+    frames += [(f"reverse ({sampler['sampler']}): σ = {sigma:.3g}", x) for sigma, x in reverse]
+    durations = [GIF_MS["forward"]] * (len(levels)) + [GIF_MS["reverse"]] * (len(reverse) - 1)
+    plots.save_animation(
+        [x for _, x in frames],
+        [f"{title}   (shown: x / √(1 + σ²))" for title, _ in frames],
+        paths[1],
+        [*durations, GIF_MS["last"]],
+    )
     return paths
 
 
-# Samplers at about 5, 10, 20 and 50 network evaluations: (sampler, grid, steps per NFE).
-SAMPLER_STEPS = {"ddpm": [5, 10, 20, 50], "ddim": [5, 10, 20, 50], "euler": [5, 10, 20, 50]}
-SAMPLER_STEPS["heun"] = [3, 5, 10, 25]  # 2 steps - 1 NFE: 5, 9, 19, 49
-METHOD_DATASETS = ["dino", "moons", "line", "circle"]
+def _chain(run: ddpm.Run, seed: int, **sampling) -> list[tuple[float, torch.Tensor]]:
+    """The states (sigma, x) of one chain of the run's EMA model from its frame points' start,
+    its sampler changed by `sampling`: the same seed, the same noise at the start."""
+    clip_range = run.clip_range if run.config["clip_x0"] else None
+    start = {"c": run.frame_classes, "start_moments": run.moments, "clip_range": clip_range}
+    options = ddpm.sampling_options(run.config) | sampling
+    generator = torch.Generator().manual_seed(seed)
+    n, model = run.config["eval_batch_size"], run.ema.module.eval()
+    return list(ddpm.reverse_process(model, run.method, n, generator, **start, **options))
 
 
-def _sampled(checkpoint_or_exact: list[str], sampler: str, steps: int, exps_dir: Path) -> dict:
-    """Score of one sampler setting, sampling a trained run's checkpoint or the exact denoiser."""
-    args = [*checkpoint_or_exact, "--sampler", sampler, "--num_inference_steps", str(steps)]
-    out = ablate.run_once(args, exps_dir)
-    metrics = ablate.score(out)
-    return {key: metrics[key] for key in ("nfe", "w2_ratio", "precision", "recall")}
+# ----------------------------------------------------------------------------- The denoiser's field
+FIELD_SIGMAS, FIELD_ARROWS, FIELD_CELLS = [0.05, 0.2, 1.0, 5.0], 17, 60
 
 
-def method_table(exps_dir: Path) -> str:
-    """Every method trained at the default budget on the dino, sampled by every sampler at about
-    5-50 NFE beside the exact denoiser's limit; and on moons, line and circle with the default
-    sampler. Markdown, also in exps/ablations/methods.md."""
-    rows = []
-    for dataset in METHOD_DATASETS:
-        for method in ddpm.METHODS:
-            trained = ablate.run_once(["--dataset", dataset, "--method", method], exps_dir)
-            train_seconds = json.loads((trained / "metrics.json").read_text())["seconds"]["train"]
-            checkpoint = ["--checkpoint", str(trained / "model.pth"), "--num_epochs", "0"]
-            limit = ["--dataset", dataset, "--method", method, "--denoiser", "exact"]
-            settings = [(s, n) for s, steps in SAMPLER_STEPS.items() for n in steps]
-            if dataset != "dino":  # the method's own sampler only
-                options = ddpm.sampling_options(
-                    vars(ddpm.build_parser().parse_args(["--method", method]))
-                )
-                settings = [(options["sampler"], options["num_inference_steps"])]
-            for sampler, steps in settings:
-                if method == "ddpm" and sampler == "heun":
-                    continue  # its trained grid starts too high for Heun (options.py, check_grid)
-                net = _sampled([*checkpoint, "--method", method], sampler, steps, exps_dir)
-                exact = _sampled(limit, sampler, steps, exps_dir)
-                rows.append(
-                    {"dataset": dataset, "method": method, "train_seconds": train_seconds}
-                    | {"sampler": sampler, "steps": steps, "nfe": net["nfe"]}
-                    | {k: net[k] for k in ("w2_ratio", "precision", "recall")}
-                    | {f"exact {k}": exact[k] for k in ("w2_ratio", "precision", "recall")}
-                )
-    return ablate.write_table(rows, exps_dir / "ablations" / "methods")
+def _field_grid(limits, count: int, centres: bool = False) -> torch.Tensor:
+    """(count * count, 2) points on an even grid over limits (xmin, xmax, ymin, ymax), rows along
+    y: from edge to edge, or the centres of count x count cells (an image's pixels)."""
+    axes = []
+    for low, high in (limits[:2], limits[2:]):
+        edges = torch.linspace(low, high, count + 1 if centres else count)
+        axes.append((edges[1:] + edges[:-1]) / 2 if centres else edges)
+    return torch.stack(torch.meshgrid(*axes, indexing="xy"), -1).reshape(-1, 2)
 
 
-DENSITY_CELLS = 80  # the density figure's grid: 80 x 80 points over [-6, 6]^2
+def field_figure(exps_dir: Path, path: Path) -> str:
+    """static/field.png: D(x; sigma) - x over the plane at FIELD_SIGMAS for the default dino run's
+    network and the exact denoiser, and where they differ; returns the RMS difference at each
+    sigma over noisy data x_0 + sigma eps, and over the whole grid."""
+    run, dataset = likelihood.load_run(ablate.run_once([], exps_dir) / "model.pth")
+    network = partial(ddpm.denoise, run.ema.module.eval(), run.method)
+    true = partial(
+        ddpm.denoise, exact.denoiser_of(dataset, run.config["data_dir"], run.shift, run.scale), None
+    )
+    data = run.data
+    limits = plots.padded_limits(data.numpy())
+    arrows_at, fine = _field_grid(limits, FIELD_ARROWS), _field_grid(limits, FIELD_CELLS, True)
+    arrows, errors, rows = [[], []], [], []
+    eps = torch.randn(data.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for sigma in FIELD_SIGMAS:
+            for row, D in zip(arrows, (network, true)):
+                row.append((D(arrows_at, sigma) - arrows_at).numpy())
+            error = (network(fine, sigma) - true(fine, sigma)).norm(dim=1)
+            errors.append(error.reshape(FIELD_CELLS, FIELD_CELLS).numpy())
+            noisy = data + sigma * eps
+            on_data = (network(noisy, sigma) - true(noisy, sigma)).norm(dim=1)
+            rows.append(
+                {"sigma": sigma, "rms on noisy data": on_data.square().mean().sqrt().item()}
+                | {"rms over the picture": error.square().mean().sqrt().item()}
+            )
+    plots.save_field(
+        arrows_at.numpy(),
+        arrows,
+        errors,
+        data.numpy(),
+        path,
+        row_labels=["network: D(x; σ) - x", "exact: D(x; σ) - x", "|D_network - D_exact|"],
+        col_labels=[f"σ = {sigma:g}" for sigma in FIELD_SIGMAS],
+        limits=limits,
+    )
+    return ablate.write_table(rows, exps_dir / "ablations" / "field")
+
+
+# ----------------------------------------------------------------------------- Paths per method
+# (title, the run's options, its sampler's changes): the same noise carried to data by each.
+PATHS = [
+    ("DDPM, ancestral", ["--method", "ddpm"], {}),  # its own 50 steps on its trained levels
+    ("flow, Euler", ["--method", "flow"], {"sampler": "euler", "num_inference_steps": 50}),
+    ("EDM, Heun ODE", [], {"s_churn": 0.0}),  # the default's 12 steps, without the churn
+    ("EDM, SDE", [], {"sampler": "sde", "num_inference_steps": 50, "s_churn": 0.0}),
+]
+PATH_COUNT = 30
+
+
+def paths_figure(exps_dir: Path, path: Path) -> str:
+    """static/paths.png: PATH_COUNT chains of each of PATHS from the same noise (seed 0), drawn in
+    flow's coordinates x / (1 + sigma), where a straight path is a straight line, over the chain's
+    final samples; each titled with its NFE and straightness (ddpm.straightness, all points)."""
+    panels, rows = [], []
+    for title, run_args, sampling in PATHS:
+        run, _ = likelihood.load_run(ablate.run_once(run_args, exps_dir) / "model.pth")
+        chain = _chain(run, 0, **sampling)
+        options = ddpm.sampling_options(run.config) | sampling
+        cost = ddpm.nfe(options["sampler"], options["num_inference_steps"])
+        straightness = ddpm.straightness(chain)
+        lines = torch.stack([x[:PATH_COUNT] / (1 + sigma) for sigma, x in chain]).numpy()
+        name = f"{title}\nNFE {cost}, straightness {straightness:.3g}"
+        panels.append((name, lines, chain[-1][1].numpy()))
+        rows.append({"chain": title, "NFE": cost, "straightness": straightness})
+    plots.save_paths(panels, path, plots.padded_limits(np.concatenate([p[2] for p in panels])))
+    return ablate.write_table(rows, exps_dir / "ablations" / "paths")
+
+
+# ----------------------------------------------------------------------------- Where each trains
+def loss_weight(method, sigma: torch.Tensor) -> torch.Tensor:
+    """lambda(sigma) (B,): the weight that makes the method's loss |F - target|^2 (section 4) the
+    denoiser's lambda |D - x_0|^2 (Karras et al. 2022, eq. 2 and Table 1). D is affine in the
+    network's output F, D = a x + b F (section 3), and the target is the F for which D = x_0, so
+    F - target = (D - x_0) / b and lambda = 1 / b^2. b is read off the method's own D: with F = 1
+    minus with F = 0. It is 1 / sigma^2 for ddpm, 1 / t^2 for flow, 1 / c_out^2 for edm (eq. 8)."""
+    x = torch.zeros(len(sigma), 2)
+    outputs = [lambda *_, value=value: torch.full((len(sigma), 2), value) for value in (1.0, 0.0)]
+    one, zero = (method.denoised(F, x, sigma) for F in outputs)
+    return 1 / (one - zero)[:, 0] ** 2
+
+
+def training_density(method, log_sigma: np.ndarray) -> np.ndarray:
+    """p(ln sigma) (L,) of the noise levels the method's training_example draws, at log_sigma (L,).
+    DDPM's T levels have mass 1 / T each, spread here over the stretch of ln sigma nearer to it
+    than to its neighbours."""
+    sigma = np.exp(log_sigma)
+    if isinstance(method, ddpm.EDM):  # ln sigma ~ N(P_mean, P_std^2), Karras et al. 2022, Table 1
+        return scipy.stats.norm.pdf(log_sigma, method.P_mean, method.P_std)
+    if isinstance(method, ddpm.Flow):  # t = sigma / (1 + sigma)
+        if method.flow_t == "uniform":  # t ~ U(0, 1): p(ln sigma) = dt / d ln sigma
+            return sigma / (1 + sigma) ** 2
+        return scipy.stats.norm.pdf(log_sigma)  # logit-normal: ln sigma = logit t ~ N(0, 1)
+    levels = method.sigmas.double().log().numpy()  # (T,) ln sigma_t, growing
+    middles = (levels[1:] + levels[:-1]) / 2
+    edges = np.concatenate(([2 * levels[0] - middles[0]], middles, [2 * levels[-1] - middles[-1]]))
+    cell = np.searchsorted(edges, log_sigma) - 1  # (L,): the level each ln sigma is nearest to
+    inside = (cell >= 0) & (cell < len(levels))
+    widths = np.diff(edges)[cell.clip(0, len(levels) - 1)]
+    return np.where(inside, 1 / (len(levels) * widths), 0.0)
+
+
+NOISE_AXIS = (1e-3, 1e3)  # the sigma axis of the figure
+NOISE_MARKS = [0.011, 1.0, 10.0]  # sigmas tabulated
+
+
+LOSS_WEIGHTS = {"ddpm": "1/σ²", "flow": "1/t² = (1 + σ)²/σ²", "edm": "1/c_out²"}  # legend
+
+
+def noise_levels_figure(exps_dir: Path, path: Path) -> str:
+    """static/noise_levels.png: each method's density of training noise levels and that density
+    times its loss weight in D's units, at the default settings on the dino (sigma_data measured as
+    a run measures it); a table of both at a few sigmas. No training: closed forms."""
+    config = vars(ddpm.build_parser().parse_args([]))
+    points, _ = datasets.load(config["dataset"]).train_set()
+    sigma_data = torch.from_numpy(points).std().item()  # as ddpm.make_run measures it
+    log_sigma = np.linspace(*np.log(NOISE_AXIS), 2000)
+    curves, rows = [], []
+    for name in ddpm.METHODS:
+        method = ddpm.make_method(config | {"method": name}, sigma_data)
+        density = training_density(method, log_sigma)
+        weight = loss_weight(method, torch.from_numpy(np.exp(log_sigma)).float()).double().numpy()
+        legend = f"{method.summary()}; λ = {LOSS_WEIGHTS[name]}"
+        curves.append((legend, density, density * weight))
+        at = np.log(NOISE_MARKS)
+        table = np.stack([training_density(method, at), np.interp(at, log_sigma, density * weight)])
+        rows.append(
+            {"method": name}
+            | {f"p at σ = {s:g}": table[0, i] for i, s in enumerate(NOISE_MARKS)}
+            | {f"p λ at σ = {s:g}": table[1, i] for i, s in enumerate(NOISE_MARKS)}
+        )
+    marks = [(config["sigma_min"], "σ_min"), (0.011, "dots 0.011")]
+    marks += [(sigma_data, f"σ_data {sigma_data:.2g}"), (config["sigma_max"], "σ_max")]
+    plots.save_noise_levels(log_sigma, curves, marks, path)
+    return ablate.write_table(rows, exps_dir / "ablations" / "noise_levels")
+
+
+METRICS = ("w2_ratio", "precision", "recall")
+WORST = {"w2_ratio": max, "precision": min, "recall": min}  # the worst of several seeds
+
+
+def _triple(w2_ratio: float, precision: float, recall: float) -> str:
+    return f"{w2_ratio:.2f} / {precision:.2f} / {recall:.2f}"
+
+
+# ----------------------------------------------------------------------------- Methods x NFE
+# Each method trained at the default budget, and the flow's 2-rectified flow (its reflow, sec. 6).
+NFE_ROWS = {"DDPM": ["--method", "ddpm"], "flow": ["--method", "flow"], "EDM": []}
+NFE_COLUMNS, NFE_SEEDS = [1, 2, 4, 8, 23, 50], ["0", "1", "2"]
+
+
+def nfe_sampler(row: str, nfe: int) -> list[str]:
+    """The sampler of a row at nfe network evaluations: DDPM its ancestral steps on its trained
+    levels (Ho et al. 2020, Alg. 2); the flows Euler steps even in t (Liu et al. 2023); EDM its
+    default at 23 (Heun with churn), the SDE at 50 (README's sampler study: better on every
+    dataset) and below 23 Euler on its rho = 7 grid without churn (Heun counts odd NFE only)."""
+    steps = ["--num_inference_steps", str(nfe)]
+    if row == "DDPM":
+        return ["--sampler", "ddpm", *steps]
+    if row != "EDM":
+        return ["--sampler", "euler", *steps]
+    if nfe == 23:
+        return []
+    return ["--sampler", "sde" if nfe == 50 else "euler", "--s_churn", "0", *steps]
+
+
+def nfe_runs(seed: str, exps_dir: Path) -> dict[str, Path]:
+    """The trained runs of NFE_ROWS at one seed and the 2-rectified flow of its flow."""
+    runs = {
+        row: ablate.run_once([*args, "--seed", seed], exps_dir) for row, args in NFE_ROWS.items()
+    }
+    reflow = ["--method", "flow", "--seed", seed, "--reflow", str(runs["flow"] / "model.pth")]
+    return runs | {"2-rectified flow": ablate.run_once(reflow, exps_dir)}
+
+
+def methods_nfe(exps_dir: Path, path: Path) -> str:
+    """static/methods_nfe.png: a row per method, a column per NFE, seed 0's samples titled with
+    their W2 ratio / precision / recall; the table: mean and worst over NFE_SEEDS."""
+    scores, cells = {}, {}  # (row, nfe) -> [metrics of each seed]; seed 0's samples
+    for seed in NFE_SEEDS:
+        for row, run in nfe_runs(seed, exps_dir).items():
+            for nfe in NFE_COLUMNS:
+                args = ["--checkpoint", str(run / "model.pth"), "--num_epochs", "0"]
+                out = ablate.run_once([*args, "--seed", seed, *nfe_sampler(row, nfe)], exps_dir)
+                metrics = ablate.score(out)
+                assert metrics["nfe"] == nfe, (row, nfe, metrics["nfe"])
+                scores.setdefault((row, nfe), []).append(metrics)
+                if seed == NFE_SEEDS[0]:
+                    cells[row, nfe] = np.load(out / "frames.npy")[-1]
+    rows = [*NFE_ROWS, "2-rectified flow"]
+    samplers = {"DDPM": "ancestral", "flow": "Euler", "2-rectified flow": "Euler"}
+    samplers["EDM"] = "Euler; at 23 Heun\n+ churn, at 50 SDE"
+    plots.save_grid(
+        [[cells[row, nfe] for nfe in NFE_COLUMNS] for row in rows],
+        path,
+        row_labels=[f"{row}\n({samplers[row]})" for row in rows],
+        col_labels=[f"NFE {nfe}" for nfe in NFE_COLUMNS],
+        titles=[
+            [_triple(*(scores[row, nfe][0][k] for k in METRICS)) for nfe in NFE_COLUMNS]
+            for row in rows
+        ],
+    )
+    table = []
+    for row, summary in ((row, summary) for row in rows for summary in ("mean", "worst")):
+        sampler = samplers[row].replace("\n", " ")
+        line = {"method": row, "sampler": sampler, "seeds": f"{len(NFE_SEEDS)}, {summary}"}
+        for nfe in NFE_COLUMNS:
+            values = {key: [m[key] for m in scores[row, nfe]] for key in METRICS}
+            line[f"NFE {nfe}"] = _triple(
+                *(np.mean(v) if summary == "mean" else WORST[k](v) for k, v in values.items())
+            )
+        table.append(line)
+    return ablate.write_table(table, exps_dir / "ablations" / "methods_nfe")
+
+
+DENSITY_CELLS = 80  # the density figure's grid: 80 x 80 cells over [-6, 6]^2, 0.15 wide
+# RK4 steps of the picture's ODE: 32 moved the default run's NLL by 0.08 nats (likelihood.py)
+# from 128, invisible on its 8-nat colour scale, at a quarter of the cost; the table uses 128.
+DENSITY_STEPS = 32
+
+
+def cell_log_density(mixture: exact.GaussianMixture, edges: torch.Tensor) -> torch.Tensor:
+    """(N, N) log of the mean density over each cell of the grid whose edges (N + 1,) are the same
+    on both axes, rows along y: the mixture's mass in the cell over the cell's area. Its
+    components are axis-aligned Gaussians, so a component's mass in a cell is a product of
+    differences of normal CDFs. (Point values on a grid coarser than the components would show
+    only those a grid point happens to fall on.)"""
+    std = mixture.var.sqrt()  # (K, 2)
+    z = (edges.double()[None, :, None] - mixture.means[:, None, :]) / std[:, None, :]
+    cdf = torch.special.ndtr(z)  # (K, N + 1, 2)
+    mass = cdf[:, 1:] - cdf[:, :-1]  # (K, N, 2): each component's share of each column and row
+    cells = torch.einsum("k,kx,ky->yx", mixture.log_weights.exp(), mass[..., 0], mass[..., 1])
+    return (cells / (edges[1] - edges[0]) ** 2).clamp_min(1e-300).log()
 
 
 def density_figure(exps_dir: Path, path: Path) -> str:
     """static/density.png: log p_model of each method's default dino run (through the
-    probability-flow ODE, likelihood.py) beside the exact density, above their samples; and the
-    NLL / KL table of the same runs."""
-    axis = torch.linspace(-plots.LIMIT, plots.LIMIT, DENSITY_CELLS)
-    grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)  # (N*N, 2)
+    probability-flow ODE, likelihood.py) at the centre of each cell beside the exact density's
+    mean over each cell, above their samples; and the NLL / KL table of the same runs."""
+    edges = torch.linspace(-plots.LIMIT, plots.LIMIT, DENSITY_CELLS + 1)
+    centres = (edges[1:] + edges[:-1]) / 2
+    grid = torch.stack(torch.meshgrid(centres, centres, indexing="xy"), -1).reshape(-1, 2)
     dino = datasets.load("dino")
     true = likelihood.closed_form(dino)
-    images, samples, titles, rows = [true.log_prob(grid).numpy()], [dino.draw(1000, 1)[0]], [], []
-    titles.append("the data (exact)")
+    images, samples = [cell_log_density(true, edges).numpy()], [dino.draw(1000, 1)[0]]
+    titles, rows = ["the data (exact, cell means)"], []
     for method in ddpm.METHODS:
         out = ablate.run_once(["--method", method], exps_dir)
         run, _ = likelihood.load_run(out / "model.pth")
         model_nll = likelihood.run_nll(run)
-        images.append(-model_nll(grid).numpy())
+        picture_nll = likelihood.run_nll(run, DENSITY_STEPS)
+        images.append(-picture_nll(grid).numpy().reshape(DENSITY_CELLS, DENSITY_CELLS))
         samples.append(np.load(out / "frames.npy")[-1])
         titles.append(method)
         held_out = torch.from_numpy(dino.draw(likelihood.NLL_POINTS, likelihood.NLL_SEED)[0])
         nll = model_nll(held_out)
         kl = nll + true.log_prob(held_out)
         rows.append({"method": method, "nll": nll.mean().item(), "kl": kl.mean().item()})
-    side = (DENSITY_CELLS, DENSITY_CELLS)
-    plots.save_densities([image.reshape(side) for image in images], samples, titles, path)
+    # the scale's top: the exact density's highest cell (the models' peaks, point values, are
+    # higher where a grid point falls on one)
+    plots.save_densities(images, samples, titles, path, top_value=images[0].max())
     return ablate.write_table(rows, exps_dir / "ablations" / "likelihood")
 
 
@@ -378,10 +593,6 @@ def _exact_flow(dataset: str, steps: int, seed: str, exps_dir: Path) -> Path:
     )
 
 
-def _triple(w2_ratio: float, precision: float, recall: float) -> str:
-    return f"{w2_ratio:.2f} / {precision:.2f} / {recall:.2f}"
-
-
 def reflow_table(exps_dir: Path) -> str:
     """W2 ratio / precision / recall at 1, 2, 4 and 8 Euler steps of each stage, mean and worst
     over REFLOW_SEEDS, with its straightness and training time: exps/ablations/reflow.md."""
@@ -454,127 +665,90 @@ def reflow_figure(exps_dir: Path, dataset: str, path: Path, n: int = 1000) -> No
     plots.save_grid(cells, path, row_labels=names, col_labels=columns, paths=paths, classes=classes)
 
 
+def ablations(exps_dir: Path) -> str:
+    """The grids static/ablation_<param>.png of ABLATIONS and their tables."""
+    tables = []
+    for param, values in ABLATIONS:
+        rows = ablate.sweep(param, values, [], exps_dir, STATIC_DIR / f"ablation_{param}.png")
+        tables.append(f"### {param}\n\n" + ablate.write_table(rows, exps_dir / "ablations" / param))
+    return "\n\n".join(tables)
+
+
+def reflow(exps_dir: Path) -> str:
+    reflow_figure(exps_dir, "moons", STATIC_DIR / "reflow.png")
+    return reflow_table(exps_dir)
+
+
+# Every part: (what it draws, how it draws it from exps_dir); `python figures.py --NAME` draws one.
+PARTS = {
+    "headline": (
+        "the default dino run's pictures: samples, the process figure, the GIF, the loss",
+        lambda exps_dir: draw_headline(ablate.run_once([], exps_dir)),
+    ),
+    "field": (
+        "the denoiser's field, network and exact, at 4 noise levels (field.png)",
+        lambda exps_dir: field_figure(exps_dir, STATIC_DIR / "field.png"),
+    ),
+    "paths": (
+        "the same noise carried to data by 4 samplers, with NFE and straightness (paths.png)",
+        lambda exps_dir: paths_figure(exps_dir, STATIC_DIR / "paths.png"),
+    ),
+    "noise_levels": (
+        "where each method trains, times its loss weight in D's units (noise_levels.png)",
+        lambda exps_dir: noise_levels_figure(exps_dir, STATIC_DIR / "noise_levels.png"),
+    ),
+    "methods_nfe": (
+        "DDPM, flow, EDM and 2-rectified flow at 1-50 NFE (methods_nfe.png; table: seeds 0-2)",
+        lambda exps_dir: methods_nfe(exps_dir, STATIC_DIR / "methods_nfe.png"),
+    ),
+    "ablations": (
+        "the ablation grids on the default network: " + ", ".join(p for p, _ in ABLATIONS),
+        ablations,
+    ),
+    "density": (
+        "the density figure of each method and its NLL / KL table (density.png)",
+        lambda exps_dir: density_figure(exps_dir, STATIC_DIR / "density.png"),
+    ),
+    "reflow": (
+        "the reflow figure (moons) and the table of flow, 2- and 3-rectified flow at 1-8 steps "
+        "(dino and moons, seeds 0-2)",
+        reflow,
+    ),
+    "defaults": (
+        "the tables of the default run on every dataset and seed beside the exact denoiser, and "
+        "of the sampler settings on the same checkpoints",
+        defaults_tables,
+    ),
+    "guidance": ("the guidance figure and table (a conditional model)", guidance_sweep),
+}
+
+
 def main(argv=None) -> None:
     parser = options.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--exps_dir", type=Path, default=PROJECT_DIR / "exps")
-    parser.add_argument(
-        "--headline",
-        action="store_true",
-        help="only the default dino run's pictures (samples, processes, animation, loss)",
-    )
-    parser.add_argument(
-        "--density",
-        action="store_true",
-        help="only the density figure of each method and its NLL / KL table",
-    )
-    parser.add_argument(
-        "--reflow",
-        action="store_true",
-        help="only the reflow figure (moons) and the table of flow, 2- and 3-rectified flow at "
-        "1-8 steps (dino and moons, seeds 0-2)",
-    )
-    parser.add_argument(
-        "--methods",
-        action="store_true",
-        help="only the table of methods x samplers x NFE with the exact denoiser's limits",
-    )
-    parser.add_argument(
-        "--defaults",
-        action="store_true",
-        help="only the tables of the default run on every dataset and seed beside the exact "
-        "denoiser, and of the sampler settings on the same checkpoints",
-    )
-    parser.add_argument(
-        "--guidance",
-        action="store_true",
-        help="only the guidance sweep of the dino,star,bullseye model (figure and table)",
-    )
+    for name, (help_text, _) in PARTS.items():
+        parser.add_argument(f"--{name}", action="store_true", help=f"only {help_text}")
     args = parser.parse_args(argv)
     options.use_run_threads()  # as ddpm.py and likelihood.py: one thread on a shared machine
     try:
         run_folder.check_writable(args.exps_dir)
     except options.UsageError as err:
         parser.error(str(err))
-    if args.headline:
-        draw_headline(ablate.run_once([], args.exps_dir))
-        return
-    if args.methods:
-        print(method_table(args.exps_dir))
-        return
-    if args.reflow:
-        reflow_figure(args.exps_dir, "moons", STATIC_DIR / "reflow.png")
-        print(reflow_table(args.exps_dir))
-        return
-    if args.density:
-        print(density_figure(args.exps_dir, STATIC_DIR / "density.png"))
-        return
-    if args.defaults:
-        print(defaults_tables(args.exps_dir))
-        return
-    if args.guidance:
-        print(guidance_sweep(args.exps_dir))
-        return
-    tables = []
-    for param, values in SWEEPS:
-        figure = STATIC_DIR / f"ablation_{param}.png"
-        rows = ablate.sweep(param, values, DDPM, args.exps_dir, figure)
-        tables.append(
-            f"### {param}\n\n" + ablate.write_table(rows, args.exps_dir / "ablations" / param)
-        )
-
-    draw_headline(args.exps_dir / ablate.run_name([]))
-
-    # DDIM from each default checkpoint: fewer steps, same model.
-    for dataset in ["dino", "moons", "line", "circle"]:
-        checkpoint = args.exps_dir / ablate.run_name(["--dataset", dataset, *DDPM]) / "model.pth"
-        steps = ["5", "10", "20", "50"] if dataset == "dino" else ["20"]
-        extra = ["--checkpoint", str(checkpoint), "--num_epochs", "0", "--sampler", "ddim"]
-        rows = ablate.sweep(
-            "num_inference_steps",
-            steps,
-            extra,
-            args.exps_dir,
-            args.exps_dir / "ablations" / f"ddim_{dataset}.png",
-        )
-        tables.append(
-            f"### DDIM steps, {dataset}\n\n"
-            + ablate.write_table(rows, args.exps_dir / "ablations" / f"ddim_{dataset}")
-        )
-    extra = [
-        "--checkpoint",
-        str(args.exps_dir / ablate.run_name(DDPM) / "model.pth"),
-        "--num_epochs",
-        "0",
-        "--sampler",
-        "ddim",
-        "--num_inference_steps",
-        "20",
-    ]
-    rows = ablate.sweep(
-        "eta",
-        ["0", "0.3", "0.5", "0.7", "1"],
-        extra,
-        args.exps_dir,
-        args.exps_dir / "ablations" / "ddim_eta.png",
-    )
-    tables.append(
-        "### DDIM eta at 20 steps, dino\n\n"
-        + ablate.write_table(rows, args.exps_dir / "ablations" / "ddim_eta")
-    )
-    tables.append("### Methods and samplers\n\n" + method_table(args.exps_dir))
-    tables.append(
-        "### Log-likelihood\n\n" + density_figure(args.exps_dir, STATIC_DIR / "density.png")
-    )
-    reflow_figure(args.exps_dir, "moons", STATIC_DIR / "reflow.png")
-    tables.append("### Reflow\n\n" + reflow_table(args.exps_dir))
-    tables.append(
-        "### Classifier-free guidance, dino,star,bullseye\n\n" + guidance_sweep(args.exps_dir)
-    )
-    text = "\n\n".join(tables) + "\n"
-    (args.exps_dir / "ablations" / "tables.md").write_text(text)
-    print(text)
+    chosen = [name for name in PARTS if getattr(args, name)] or list(PARTS)
+    tables, seconds = [], {}
+    for name in chosen:
+        tic = time.perf_counter()
+        table = PARTS[name][1](args.exps_dir)
+        seconds[name] = time.perf_counter() - tic
+        if table:
+            tables.append(f"## {name}\n\n{table}")
+            print(tables[-1] + "\n")
+    timing = "\n".join(f"{name}: {s:.0f} s" for name, s in seconds.items())
+    print(f"{timing}\ntotal: {sum(seconds.values()):.0f} s")
+    if len(chosen) == len(PARTS):
+        (args.exps_dir / "ablations" / "tables.md").write_text("\n\n".join(tables) + "\n")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
+from PIL import Image  # noqa: E402
 
 LIMIT = 6.0  # all datasets fit in [-6, 6]^2, as in the original's plots
 POINT = dict(s=3, alpha=0.5, linewidths=0)
@@ -76,9 +76,11 @@ def save_grid(
     title=None,
     classes=None,
     paths=None,
+    titles=None,
 ) -> None:
     """A grid of scatter plots: cells[row][col] is an (N, 2) point set, classes[row][col] its
-    (N,) labels; paths[row][col], if not None, (steps, N, 2) lines drawn under the points."""
+    (N,) labels; paths[row][col], if not None, (steps, N, 2) lines drawn under the points;
+    titles[row][col] a line above each cell (under the column's label on the first row)."""
 
     rows, cols = len(cells), len(cells[0])
     fig, axes = plt.subplots(
@@ -95,8 +97,10 @@ def save_grid(
             ax.scatter(
                 points[:, 0], points[:, 1], **_style(None if classes is None else classes[r][c])
             )
-            if col_labels and r == 0:
-                ax.set_title(col_labels[c], fontsize=9)
+            above = [col_labels[c]] if col_labels and r == 0 else []
+            above += [titles[r][c]] if titles else []
+            if above:
+                ax.set_title("\n".join(above), fontsize=9 if len(above) == 1 else 8)
             if row_labels and c == 0:
                 ax.set_ylabel(row_labels[r], fontsize=9)
     fig.tight_layout()
@@ -105,22 +109,20 @@ def save_grid(
 
 
 def save_animation(
-    point_sets: list[np.ndarray], titles: list[str], path: Path, fps: int = 10
+    point_sets: list[np.ndarray], titles: list[str], path: Path, durations: list[int]
 ) -> None:
-    """A GIF showing one point set per frame (matplotlib's Pillow writer)."""
-    fig, ax = plt.subplots(figsize=(LARGE_INCHES, LARGE_INCHES))
+    """A GIF showing one point set per frame, frame i for durations[i] milliseconds (Pillow)."""
+    fig, ax = plt.subplots(figsize=(LARGE_INCHES, LARGE_INCHES), dpi=DPI)
     _square_axes(ax)
     scatter = ax.scatter(point_sets[0][:, 0], point_sets[0][:, 1], **_style(point=SMALL_POINT))
-
-    def draw(i):
-        scatter.set_offsets(point_sets[i])
-        ax.set_title(titles[i], fontsize=9)
-        return (scatter,)
-
-    FuncAnimation(fig, draw, frames=len(point_sets)).save(
-        path, writer=PillowWriter(fps=fps), dpi=DPI
-    )
+    images = []
+    for points, title in zip(point_sets, titles):
+        scatter.set_offsets(points)
+        ax.set_title(title, fontsize=10)
+        fig.canvas.draw()
+        images.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())).convert("RGB"))
     plt.close(fig)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
 
 
 # What each method's loss is the MSE of (ddpm.py, section 4): the network's output F against
@@ -172,21 +174,142 @@ def save_log_density(log_p: np.ndarray, extent, points: np.ndarray, path: Path, 
 
 
 def save_densities(
-    log_densities: list[np.ndarray], samples: list[np.ndarray], titles: list[str], path: Path
+    log_densities: list[np.ndarray],
+    samples: list[np.ndarray],
+    titles: list[str],
+    path: Path,
+    top_value: float,
 ) -> None:
     """A column per model: its log density over [-LIMIT, LIMIT]^2 (an (N, N) grid, rows along
-    y) above its samples (M, 2)."""
+    y) above its samples (M, 2). One colour scale for all, from top_value down 8 nats (higher
+    values in its top colour), and its bar."""
     fig, axes = plt.subplots(2, len(titles), figsize=(len(titles) * 2.4, 2 * 2.4), squeeze=False)
     for column, (log_p, points, title) in enumerate(zip(log_densities, samples, titles)):
         top, bottom = axes[0][column], axes[1][column]
-        _show_log_density(top, log_p, (-LIMIT, LIMIT, -LIMIT, LIMIT))
+        top.imshow(
+            log_p,
+            origin="lower",
+            extent=(-LIMIT, LIMIT, -LIMIT, LIMIT),
+            vmin=top_value - 8,
+            vmax=top_value,
+            cmap="magma",
+        )
         _square_axes(top)
         top.set_title(title, fontsize=9)
         _square_axes(bottom)
         bottom.scatter(points[:, 0], points[:, 1], **_style(point=SMALL_POINT))
     axes[0][0].set_ylabel("log density", fontsize=9)
     axes[1][0].set_ylabel("1000 samples", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.93, 1))
+    bar = fig.colorbar(axes[0][0].images[0], cax=fig.add_axes((0.94, 0.55, 0.012, 0.4)))
+    bar.set_label("log p (nats); higher: top colour", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def save_field(
+    grid: np.ndarray,
+    arrows: list[list[np.ndarray]],
+    errors: list[np.ndarray],
+    data: np.ndarray,
+    path: Path,
+    row_labels: list[str],
+    col_labels: list[str],
+    limits,
+) -> None:
+    """Rows of vector fields over an even grid of points (G*G, 2), arrows[row][col] (G*G, 2):
+    each drawn as an arrow of one length in its direction, coloured by its true length (a log
+    scale), over the data (M, 2) in grey; a last row of errors[col] (E, E), rows along y, on a
+    log colour scale. limits: (xmin, xmax, ymin, ymax) of every panel."""
+    rows, cols = len(arrows) + 1, len(col_labels)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 3.0, rows * 3.7), squeeze=False)
+    spacing = (grid[:, 0].max() - grid[:, 0].min()) / (np.sqrt(len(grid)) - 1)
+    lengths = matplotlib.colors.LogNorm(1e-3, 10)
+    for r, row in enumerate(arrows):
+        for c, arrow in enumerate(row):
+            ax = axes[r][c]
+            ax.scatter(data[:, 0], data[:, 1], s=1, color="0.6", linewidths=0)
+            length = np.linalg.norm(arrow, axis=1, keepdims=True)
+            unit = 0.8 * spacing * arrow / np.maximum(length, 1e-12)
+            field = ax.quiver(
+                *grid.T, *unit.T, length[:, 0], angles="xy", scale_units="xy", scale=1,
+                width=0.007, headwidth=4, cmap="turbo", norm=lengths,
+            )  # fmt: skip
+    norm = matplotlib.colors.LogNorm(1e-3, max(error.max() for error in errors))
+    for c, error in enumerate(errors):
+        image = axes[-1][c].imshow(
+            error, origin="lower", extent=limits, norm=norm, cmap="viridis", interpolation="nearest"
+        )
+        axes[-1][c].scatter(data[:, 0], data[:, 1], s=1, color="white", alpha=0.3, linewidths=0)
+    for r, row in enumerate(axes):
+        for c, ax in enumerate(row):
+            _square_axes(ax, limits)
+            ax.set_aspect("equal")
+            if r == 0:
+                ax.set_title(col_labels[c], fontsize=10)
+            if c == 0:
+                ax.set_ylabel(row_labels[r], fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    for mappable, (bottom, height), label in (
+        (field, (1 / rows + 0.05, 1 - 1 / rows - 0.1), "arrow's length |D(x; σ) - x|"),
+        (image, (0.05, 1 / rows - 0.1), "|D_network - D_exact|"),
+    ):
+        bar = fig.colorbar(mappable, cax=fig.add_axes((0.91, bottom, 0.012, height)))
+        bar.set_label(label, fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def save_paths(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Path, limits=None) -> None:
+    """A panel per (title, paths (steps, k, 2), samples (N, 2)): the paths in grey from their
+    start (a black dot) to their end (a red one), over the samples in blue."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * 3.0, 4.0), squeeze=False)
+    for ax, (title, lines, points) in zip(axes[0], panels):
+        ax.scatter(points[:, 0], points[:, 1], **_style(point=SMALL_POINT))
+        ax.plot(lines[:, :, 0], lines[:, :, 1], color="0.35", linewidth=0.6)
+        ax.scatter(lines[0, :, 0], lines[0, :, 1], s=6, color="black", zorder=3)
+        ax.scatter(lines[-1, :, 0], lines[-1, :, 1], s=6, color="tab:red", zorder=3)
+        _square_axes(ax, limits)
+        ax.set_aspect("equal")
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def save_noise_levels(
+    log_sigma: np.ndarray,
+    curves: list[tuple[str, np.ndarray, np.ndarray]],
+    marks: list[tuple[float, str]],
+    path: Path,
+) -> None:
+    """Two panels over one log-sigma axis, log_sigma (L,) natural logs: for each (name, density
+    (L,), weighted (L,)) the density of the training noise levels per unit of ln sigma (above)
+    and that density times the loss weight (below, a log scale, zeros left out); marks:
+    (sigma, name) dotted lines, named above the figure."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
+    sigma = np.exp(log_sigma)
+    for name, density, weighted in curves:
+        top.plot(sigma, density, label=name)
+        bottom.plot(sigma, np.where(weighted > 0, weighted, np.nan), label=name)
+    for ax in (top, bottom):
+        ax.set_xscale("log")
+        for value, _ in marks:
+            ax.axvline(value, color="0.5", linestyle=":", linewidth=1)
+    named = top.secondary_xaxis("top")
+    named.set_xticks([value for value, _ in marks], [name for _, name in marks], fontsize=8)
+    named.minorticks_off()
+    top.set_ylabel("training density p(ln σ)")
+    top.set_ylim(bottom=0)
+    bottom.set_yscale("log")
+    bottom.set_ylim(1e-3, 1e4)
+    bottom.set_ylabel("p(ln σ) × λ(σ): weight on |D - x_0|²")
+    bottom.set_xlabel("σ (log scale)")
+    bottom.set_xlim(sigma[0], sigma[-1])
+    fig.legend(*top.get_legend_handles_labels(), loc="lower center", frameon=False, fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
 

@@ -1,13 +1,17 @@
 """Every kind of figure, drawn from a tiny run: valid images of the expected size."""
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import ablate
 import ddpm
+import exact
 import figures
 import plots
 
@@ -57,17 +61,20 @@ def test_loss_png_names_the_target_of_each_method(tmp_path, monkeypatch):
         assert labels["y"].endswith(f"{target})"), (method, labels["y"])
 
 
-def test_forward_reverse_figures_and_the_animation(tiny_run, tmp_path):
-    forward, reverse, gif = figures.draw_process_figures(tiny_run, tmp_path)
-    one_row = (
-        round(figures.SNAPSHOTS * plots.CELL_INCHES * plots.DPI),
-        round(plots.CELL_INCHES * plots.DPI),
-    )
-    assert image_size(forward) == (one_row, 1)
-    assert image_size(reverse) == (one_row, 1)
+def test_the_process_figure_and_the_animation_in_one_noise_unit(tiny_run, tmp_path):
+    process, gif = figures.draw_process_figures(tiny_run, tmp_path)
+    cell = round(plots.CELL_INCHES * plots.DPI)
+    assert image_size(process) == ((figures.SNAPSHOTS * cell, 2 * cell), 1)
     side = round(plots.LARGE_INCHES * plots.DPI)  # 480 px: big enough to see sharpness
-    # T + 1 states forward, and the default (edm) sampler's 12 steps + 1 back
-    assert image_size(gif) == ((side, side), (10 + 1) + (12 + 1))
+    # sigma = 0 and GIF_FORWARD_FRAMES levels forward, the default (edm) sampler's 12 steps + 1 back
+    frames = 1 + figures.GIF_FORWARD_FRAMES + 12 + 1
+    assert image_size(gif) == ((side, side), frames)
+    with Image.open(gif) as image:
+        durations = []
+        for i in range(image.n_frames):
+            image.seek(i)
+            durations.append(image.info["duration"])
+    assert durations[-1] == 1500 and durations[-2] > durations[0]  # the end held, reverse slower
 
 
 def test_the_headline_picture_shows_the_data_beside_the_samples_480_px_high(tiny_run, tmp_path):
@@ -78,9 +85,9 @@ def test_the_headline_picture_shows_the_data_beside_the_samples_480_px_high(tiny
 
 def test_forward_process_ends_in_noise_and_reverse_process_ends_near_the_data(tiny_run):
     config = json.loads((tiny_run / "config.json").read_text())
-    forward = figures.forward_process(config)
-    assert [t for t, _ in forward] == list(range(11))
-    assert abs(forward[-1][1].std() - 1) < 0.1  # x_T ~ N(0, I)
+    forward = figures.forward_process(config, [0.0, 100.0])
+    assert [sigma for sigma, _ in forward] == [0.0, 100.0]
+    assert abs(forward[-1][1].std() - 1) < 0.1  # x_0 + 100 eps, shown / sqrt(1 + 100^2): ~ N(0, I)
     reverse = figures.reverse_process(tiny_run / "model.pth")
     sigmas = [sigma for sigma, _ in reverse]
     assert len(sigmas) == 12 + 1 and sigmas == sorted(sigmas, reverse=True) and sigmas[-1] == 0
@@ -94,9 +101,9 @@ def test_an_ablation_sweep_draws_a_row_per_value_writes_its_table_and_reuses_its
     )
     (width, height), _ = image_size(figure)
     assert (width, height) == (
-        round(4 * plots.CELL_INCHES * plots.DPI),
+        round(3 * plots.CELL_INCHES * plots.DPI),
         round(2 * plots.CELL_INCHES * plots.DPI),
-    )  # 4 saved epochs
+    )  # 4 saved epochs, the first (after one epoch) not shown
     markdown = ablate.write_table(rows, tmp_path / "table")
     assert markdown.count("\n") == 3 and (tmp_path / "table.csv").read_text().startswith(
         "hidden_layers,dataset,w2"
@@ -129,15 +136,18 @@ def test_a_run_saved_before_an_option_existed_is_reused_when_that_option_is_at_i
 def test_the_density_figure_has_a_column_per_model(tmp_path):
     log_p = [np.zeros((20, 20)) - k for k in range(3)]
     points = [np.random.default_rng(k).normal(size=(100, 2)) for k in range(3)]
-    plots.save_densities(log_p, points, ["data", "ddpm", "edm"], tmp_path / "density.png")
+    plots.save_densities(log_p, points, ["data", "ddpm", "edm"], tmp_path / "density.png", 0.0)
     width, height = round(3 * 2.4 * plots.DPI), round(2 * 2.4 * plots.DPI)
     assert image_size(tmp_path / "density.png") == ((width, height), 1)
 
 
-def test_the_reflow_figure_and_table_from_tiny_runs(tmp_path, monkeypatch):
+@pytest.fixture
+def tiny_runs(monkeypatch):
+    """Every run that ablate.run_once trains is tiny (2 epochs of a small network), every
+    teacher's pairs few, every frame 200 points."""
     run_once = ablate.run_once
 
-    def tiny(args, exps_dir):  # every training run tiny, every teacher's pairs few
+    def tiny(args, exps_dir):
         trains = "--checkpoint" not in args and "--denoiser" not in args
         small = (
             ["--num_epochs", "2", "--hidden_size", "16", "--hidden_layers", "1"] if trains else []
@@ -146,6 +156,9 @@ def test_the_reflow_figure_and_table_from_tiny_runs(tmp_path, monkeypatch):
         return run_once([*args, *small, "--eval_batch_size", "200"], exps_dir)
 
     monkeypatch.setattr(ablate, "run_once", tiny)
+
+
+def test_the_reflow_figure_and_table_from_tiny_runs(tmp_path, monkeypatch, tiny_runs):
     monkeypatch.setattr(figures, "REFLOW_DATASETS", ["moons"])
     monkeypatch.setattr(figures, "REFLOW_SEEDS", ["0"])
     figures.reflow_figure(tmp_path, "moons", tmp_path / "reflow.png", n=200)
@@ -179,3 +192,111 @@ def test_the_defaults_tables_from_tiny_runs(tmp_path, monkeypatch):
     precisions = [float(cell.split(" / ")[1]) for cell in network.split(" | ")[2:4]]
     default = next(row for row in rows if "the default" in row)
     assert float(default.split(" | ")[1].split(" / ")[1]) == min(precisions)
+
+
+def table_rows(markdown: str) -> list[list[str]]:
+    return [[cell.strip() for cell in line.split("|")[1:-1]] for line in markdown.splitlines()[2:]]
+
+
+def test_the_field_figure_from_a_tiny_run(tmp_path, tiny_runs):
+    rows = table_rows(figures.field_figure(tmp_path, tmp_path / "field.png"))
+    size = (round(4 * 3.0 * plots.DPI), round(3 * 3.7 * plots.DPI))  # 4 sigmas, 3 rows
+    assert image_size(tmp_path / "field.png") == (size, 1)
+    assert [float(row[0]) for row in rows] == figures.FIELD_SIGMAS
+    assert all(float(row[1]) > 0 and float(row[2]) > 0 for row in rows)
+
+
+def test_the_paths_figure_names_each_chains_cost_and_straightness(tmp_path, tiny_runs):
+    rows = table_rows(figures.paths_figure(tmp_path, tmp_path / "paths.png"))
+    assert image_size(tmp_path / "paths.png") == ((4 * 3 * plots.DPI, 4 * plots.DPI), 1)
+    assert [int(row[1]) for row in rows] == [50, 50, 23, 50]
+    ancestral, euler, heun, sde = (float(row[2]) for row in rows)
+    assert heun < sde and euler < ancestral  # the ODE's paths are straighter than the SDE's
+
+
+def sigma_of(name: str, method, time_in: torch.Tensor) -> torch.Tensor:
+    """The noise level of a training example, from the network's time input (ddpm.py, sec. 3)."""
+    if name == "ddpm":
+        return method.sigmas[time_in.long()]
+    if name == "flow":
+        t = time_in / 1000
+        return t / (1 - t)
+    return (time_in / 250 * 4).exp()  # 250 c_noise, c_noise = ln(sigma) / 4
+
+
+METHODS = {name: ddpm.make_method(vars(ddpm.build_parser().parse_args(["--method", name])), 1.8)
+           for name in ddpm.METHODS}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ddpm.METHODS)
+def test_the_loss_weight_turns_each_methods_loss_into_the_denoisers_weighted_error(name):
+    method, generator = METHODS[name], torch.Generator().manual_seed(0)
+    x_0, eps, F = (torch.randn(256, 2, generator=generator) for _ in range(3))
+    _, time_in, target = method.training_example(2 * x_0, eps)
+    sigma = sigma_of(name, method, time_in)
+    D = method.denoised(lambda *_: F, 2 * x_0 + sigma[:, None] * eps, sigma)
+    loss = ((F - target) ** 2).sum(1)  # the method's loss at each point, F the network's output
+    weighted = figures.loss_weight(method, sigma) * ((D - 2 * x_0) ** 2).sum(1)
+    torch.testing.assert_close(loss, weighted, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ddpm.METHODS)
+def test_the_training_density_is_that_of_the_levels_training_draws(name):
+    method = METHODS[name]
+    torch.manual_seed(0)
+    _, time_in, _ = method.training_example(torch.zeros(100_000, 2), torch.zeros(100_000, 2))
+    drawn = sigma_of(name, method, time_in).double().log().sort().values.numpy()
+    # P(ln sigma <= u) at the midpoints between DDPM's levels, where its spread density is exact
+    levels = METHODS["ddpm"].sigmas.double().log().numpy()
+    u = (levels[1:] + levels[:-1]) / 2
+    axis = np.linspace(np.log(1e-9), u[-1], 400_000)
+    density = figures.training_density(method, axis)
+    cdf = np.concatenate(([0], np.cumsum((density[1:] + density[:-1]) / 2 * np.diff(axis))))
+    empirical = np.searchsorted(drawn, u, side="right") / len(drawn)
+    np.testing.assert_allclose(np.interp(u, axis, cdf), empirical, atol=0.01)
+
+
+def test_the_noise_levels_figure_and_its_table(tmp_path):
+    rows = table_rows(figures.noise_levels_figure(tmp_path, tmp_path / "noise_levels.png"))
+    assert image_size(tmp_path / "noise_levels.png") == ((7 * plots.DPI, 7 * plots.DPI), 1)
+    weights = {row[0]: float(row[4]) for row in rows}  # p lambda at sigma = 0.011
+    assert weights["edm"] > weights["flow"] > weights["ddpm"] == 0  # DDPM's levels start at 0.04
+
+
+def test_the_method_by_nfe_grid_and_table_from_tiny_runs(tmp_path, monkeypatch, tiny_runs):
+    monkeypatch.setattr(figures, "NFE_COLUMNS", [1, 23])
+    monkeypatch.setattr(figures, "NFE_SEEDS", ["0"])
+    rows = table_rows(figures.methods_nfe(tmp_path, tmp_path / "methods_nfe.png"))
+    cell = round(plots.CELL_INCHES * plots.DPI)
+    assert image_size(tmp_path / "methods_nfe.png") == ((2 * cell, 4 * cell), 1)
+    assert [row[0] for row in rows[::2]] == ["DDPM", "flow", "EDM", "2-rectified flow"]
+    assert all(len(row[-1].split(" / ")) == 3 for row in rows)  # W2 ratio / precision / recall
+
+
+def test_the_exact_density_of_a_cell_is_its_mass_over_its_area():
+    edges = torch.linspace(-1, 1, 5)  # cells 0.5 wide
+    point = exact.GaussianMixture([1.0], [[0.25, -0.25]], [1e-4, 1e-4])  # in one cell
+    cells = figures.cell_log_density(point, edges).exp()
+    assert cells[1, 2] == pytest.approx(1 / 0.25) and cells.sum() == pytest.approx(1 / 0.25)
+    wide = exact.GaussianMixture([1.0], [[0.0, 0.0]], [3.0, 3.0])  # smooth: the point value
+    centre = torch.tensor([[0.25, 0.25]])
+    assert cells.shape == (4, 4) and figures.cell_log_density(wide, edges)[2, 2].item() == (
+        pytest.approx(wide.log_prob(centre).item(), abs=5e-3)
+    )
+
+
+def test_a_runs_score_is_redone_and_saved_only_when_evaluate_py_is_newer(
+    tiny_run, tmp_path, monkeypatch
+):
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    (out / "metrics.json").write_text(json.dumps(metrics | {"w2_ratio": -1.0}))
+    assert ablate.score(out)["w2_ratio"] == -1.0  # scored after evaluate.py last changed: kept
+    newer = tmp_path / "evaluate.py"
+    newer.write_text("")
+    later = (out / "metrics.json").stat().st_mtime + 10
+    os.utime(newer, (later, later))
+    monkeypatch.setattr(ablate, "SCORED_BY", [newer])
+    assert ablate.score(out)["w2_ratio"] == metrics["w2_ratio"]  # redone
+    assert json.loads((out / "metrics.json").read_text())["w2_ratio"] == metrics["w2_ratio"]
