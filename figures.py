@@ -10,7 +10,6 @@ figures. The tables go to exps/ablations/.
 import argparse
 import json
 import math
-import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -131,9 +130,11 @@ def field_figure(exps_dir: Path, path: Path) -> str:
     network and the exact denoiser, and where they differ; returns the RMS difference at each
     sigma over noisy data x_0 + sigma eps, and over the whole grid."""
     run, dataset = likelihood.load_run(ablate.run_once([], exps_dir) / "model.pth")
-    network = partial(ddpm.denoise, run.ema.module.eval(), run.method)
+    network = partial(ddpm.guided_D, run.ema.module.eval(), run.method)
     true = partial(
-        ddpm.denoise, exact.denoiser_of(dataset, run.config["data_dir"], run.shift, run.scale), None
+        ddpm.guided_D,
+        exact.denoiser_of(dataset, run.config["data_dir"], run.shift, run.scale),
+        None,
     )
     data = run.data
     limits = plots.padded_limits(data.numpy())
@@ -204,7 +205,7 @@ def loss_weight(method, sigma: torch.Tensor) -> torch.Tensor:
     minus with F = 0. It is 1 / sigma^2 for ddpm, 1 / t^2 for flow, 1 / c_out^2 for edm (eq. 8)."""
     x = torch.zeros(len(sigma), 2)
     outputs = [lambda *_, value=value: torch.full((len(sigma), 2), value) for value in (1.0, 0.0)]
-    one, zero = (method.denoised(F, x, sigma) for F in outputs)
+    one, zero = (method.D_theta(F, x, sigma) for F in outputs)
     return 1 / (one - zero)[:, 0] ** 2
 
 
@@ -280,7 +281,7 @@ NFE_COLUMNS, NFE_SEEDS = [1, 2, 4, 8, 23, 50], ["0", "1", "2"]
 def nfe_sampler(row: str, nfe: int) -> list[str]:
     """The sampler of a row at nfe network evaluations: DDPM its ancestral steps on its trained
     levels (Ho et al. 2020, Alg. 2); the flows Euler steps even in t (Liu et al. 2023); EDM its
-    default at 23 (Heun with churn), the SDE at 50 (README's sampler study: better on every
+    default at 23 (Heun with churn), the SDE at 50 (RESULTS.md's sampler study: better on every
     dataset) and below 23 Euler on its rho = 7 grid without churn (Heun counts odd NFE only)."""
     steps = ["--num_inference_steps", str(nfe)]
     if row == "DDPM":
@@ -401,7 +402,8 @@ def draw_headline(dino: Path) -> None:
     )
     data = datasets.load("dino").draw(len(samples), seed=1)[0]
     plots.save_samples(data, samples, STATIC_DIR / "dino_samples.png", title)
-    shutil.copy(dino / "loss.png", STATIC_DIR / "loss.png")
+    method = json.loads((dino / "config.json").read_text())["method"]
+    plots.save_loss(np.load(dino / "loss.npy"), STATIC_DIR / "loss.png", method)
 
 
 # The conditional model: three Datasaurus shapes, each a class, at the defaults trained 4x as long
@@ -420,7 +422,7 @@ SAMPLE_SEEDS = [
     "0",
     "1",
     "2",
-]  # one draw of 1000 points is noisy: the W2 ratio moves by up to 0.5 between seeds (README)
+]  # one draw of 1000 points is noisy: the W2 ratio moves by up to 0.5 between seeds (RESULTS.md)
 
 
 def guidance_sweep(exps_dir: Path) -> str:

@@ -125,8 +125,8 @@ def save_animation(
     images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
 
 
-# What each method's loss is the MSE of (ddpm.py, section 4): the network's output F against
-LOSS_TARGETS = {  # its target, for the y-axis of loss.png
+# What each method's loss is the MSE of (ddpm.py, section 6): the network's output F against
+LOSS_TARGETS = {  # its target, for the title of loss.png
     "ddpm": "MSE of eps",
     "flow": "MSE of the velocity eps - x_0",
     "edm": "MSE of F against (x_0 - c_skip x) / c_out",
@@ -134,7 +134,7 @@ LOSS_TARGETS = {  # its target, for the y-axis of loss.png
 
 
 def save_loss(losses: np.ndarray, path: Path, method: str, window: int = 100) -> None:
-    """Every step's loss, faint, under its moving average; the y-axis names method's target."""
+    """Every step's loss, faint, under its moving average; the title names method's target."""
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot(losses, color="tab:blue", alpha=0.2, linewidth=0.5, label="per step")
     if len(losses) >= window:
@@ -146,7 +146,8 @@ def save_loss(losses: np.ndarray, path: Path, method: str, window: int = 100) ->
             label=f"mean of {window} steps",
         )
     ax.set_xlabel("step")
-    ax.set_ylabel(f"loss ({LOSS_TARGETS[method]})")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{method}: {LOSS_TARGETS[method]}", fontsize=9)
     ax.set_yscale("log")
     ax.legend(frameon=False)
     fig.tight_layout()

@@ -54,11 +54,11 @@ def test_a_run_draws_its_frames_and_its_loss_curve(tiny_run):
 def test_loss_png_names_the_target_of_each_method(tmp_path, monkeypatch):
     """EDM's loss is not an MSE of eps: each method's curve says what its network is fit to."""
     labels = {}
-    monkeypatch.setattr(plots.plt, "close", lambda fig: labels.update(y=fig.axes[0].get_ylabel()))
+    monkeypatch.setattr(plots.plt, "close", lambda fig: labels.update(t=fig.axes[0].get_title()))
     named = {"ddpm": "eps", "flow": "eps - x_0", "edm": "(x_0 - c_skip x) / c_out"}
     for method, target in named.items():
         plots.save_loss(np.linspace(1, 0.1, 300), tmp_path / f"{method}.png", method)
-        assert labels["y"].endswith(f"{target})"), (method, labels["y"])
+        assert labels["t"].startswith(f"{method}: ") and labels["t"].endswith(target), labels
 
 
 def test_the_process_figure_and_the_animation_in_one_noise_unit(tiny_run, tmp_path):
@@ -234,7 +234,7 @@ def test_the_loss_weight_turns_each_methods_loss_into_the_denoisers_weighted_err
     x_0, eps, F = (torch.randn(256, 2, generator=generator) for _ in range(3))
     _, time_in, target = method.training_example(2 * x_0, eps)
     sigma = sigma_of(name, method, time_in)
-    D = method.denoised(lambda *_: F, 2 * x_0 + sigma[:, None] * eps, sigma)
+    D = method.D_theta(lambda *_: F, 2 * x_0 + sigma[:, None] * eps, sigma)
     loss = ((F - target) ** 2).sum(1)  # the method's loss at each point, F the network's output
     weighted = figures.loss_weight(method, sigma) * ((D - 2 * x_0) ** 2).sum(1)
     torch.testing.assert_close(loss, weighted, rtol=1e-3, atol=1e-5)
