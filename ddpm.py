@@ -535,9 +535,10 @@ def straightness(path: list) -> float:
 DIVERGED_LOSS = 1e3
 
 
-def train(run: "Run") -> str:
-    """AdamW on the loss of section 4, epoch after epoch of shuffled batches, with an EMA of the
-    weights that samples a frame every few epochs. Returns "done", "interrupted" or "diverged"."""
+def train(run: "Run", objective=loss_fn, frame=None) -> str:
+    """AdamW on the loss of section 4 (or objective), epoch after epoch of shuffled batches, with
+    an EMA of the weights that samples a frame (sample_frame, or frame) every few epochs. Returns
+    "done", "interrupted" or "diverged"; discrete.py passes its own objective and frame."""
     config, data, B = run.config, run.data, run.batches_per_epoch
     steps, desc = len(run.losses), f"training on {config['dataset']}"
     bar = tqdm(total=steps, initial=run.epoch * B, desc=desc, unit="step", dynamic_ncols=True)
@@ -550,7 +551,7 @@ def train(run: "Run") -> str:
             for batch in order.split(config["train_batch_size"]):
                 c = None if run.labels is None else run.labels[batch]
                 eps = None if run.noise is None else run.noise[batch]  # reflow's pairs
-                run.losses[step] = train_step(run, data[batch], c, eps)
+                run.losses[step] = train_step(run, data[batch], c, eps, objective)
                 step += 1
             epoch_losses = run.losses[step - B : step]  # read with one sync per epoch
             epoch_loss, worst = torch.stack((epoch_losses.mean(), epoch_losses.max())).tolist()
@@ -559,17 +560,17 @@ def train(run: "Run") -> str:
             bar.set_postfix(loss=f"{epoch_loss:.4f}", refresh=False)
             bar.update(B)
             if is_frame_epoch(run.epoch, config):
-                sample_frame(run)
+                (frame or sample_frame)(run)
             run.epoch += 1
             if ctrl_c.requested:
                 return "interrupted"
     return "done"
 
 
-def train_step(run: "Run", x_0: torch.Tensor, c=None, eps=None) -> torch.Tensor:
+def train_step(run: "Run", x_0: torch.Tensor, c=None, eps=None, objective=loss_fn) -> torch.Tensor:
     """One AdamW step on a batch x_0 (B, 2) of classes c (B,) (and reflow's noise eps (B, 2));
     returns the loss, not waiting."""
-    loss = loss_fn(run.model, run.method, x_0, c, run.config["cond_drop_prob"], eps)
+    loss = objective(run.model, run.method, x_0, c, run.config["cond_drop_prob"], eps)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(run.model.parameters(), 1.0, foreach=True)
@@ -673,12 +674,13 @@ class Run:
     """A model in training: its method and network, the EMA, AdamW, the losses and the frames so
     far. checkpoints.py saves and restores it; the run folder (run_folder.py) writes it out."""
 
-    def __init__(self, config, data, labels, classes, shift, scale, sigma_data: float):
-        """data (m, 2): training points in training units, (x - shift) / scale; labels (m,)."""
+    def __init__(self, config, data, labels, classes, shift, scale, sigma_data: float, model=None):
+        """data (m, 2): training points in training units, (x - shift) / scale; labels (m,);
+        model: the network to train (default: make_model's)."""
         self.config, self.data, self.labels = config, data, labels
         self.classes, self.sigma_data, device = list(classes), sigma_data, data.device
         self.method = make_method(config, sigma_data, device)
-        self.model = make_model(config, len(self.classes)).to(device)
+        self.model = (model or make_model(config, len(self.classes))).to(device)
         self.ema = EMA(self.model, config["ema_decay"])
         # fused: one kernel for all tensors, 5x faster than the per-tensor loop on CPU
         self.optimizer = AdamW(self.model.parameters(), lr=config["learning_rate"], fused=True)

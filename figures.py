@@ -19,6 +19,8 @@ import ablate
 import checkpoints
 import datasets
 import ddpm
+import discrete
+import evaluate
 import likelihood
 import options
 import plots
@@ -401,6 +403,169 @@ def reflow_figure(exps_dir: Path, dataset: str, path: Path, n: int = 1000) -> No
     plots.save_grid(cells, path, row_labels=names, col_labels=columns, paths=paths, classes=classes)
 
 
+# Discrete diffusion (discrete.py): its runs beside the default (continuous) run of each seed.
+DISCRETE_DATASETS, DISCRETE_SEEDS = ["dino", "moons", "line", "circle"], ["0", "1", "2"]
+
+
+def discrete_run(args: list[str], exps_dir: Path) -> Path:
+    """A discrete.py run with args in exps_dir/discrete_<args>, trained unless it finished."""
+    out = exps_dir / "_".join(["discrete", *(arg.lstrip("-") for arg in args)])
+    if not (out / "metrics.json").is_file():
+        command = [*args, "--exps_dir", str(exps_dir), "--experiment_name", out.name]
+        discrete.main([*command, "--overwrite"])
+    return out
+
+
+def revealed_boxes(z: torch.Tensor, model, shift, scale) -> np.ndarray:
+    """(5, n, 2): the outline of the box the revealed tokens z (n, L) of each point allow, in the
+    data's units (a masked coordinate spans the whole box; the coarse digit comes first)."""
+    K, L = model.vocab, model.length
+    low, size = torch.zeros(len(z), 2, dtype=torch.float64), torch.ones(len(z), 2)
+    for i in range(L):  # digit i // 2 of coordinate i % 2
+        known = z[:, i] < K
+        size[known, i % 2] /= K
+        low[known, i % 2] += z[known, i] * size[known, i % 2]
+    corners = [(0, 0), (1, 0), (1, 1), (0, 1), (0, 0)]
+    return np.stack([((low + size * torch.tensor(c)) * scale + shift).numpy() for c in corners])
+
+
+def _scores(out: Path) -> dict:
+    """A run's evaluate.py scores, NLL and training seconds, from its metrics.json."""
+    metrics = json.loads((out / "metrics.json").read_text())
+    return metrics | {"train s": metrics["seconds"]["train"]}
+
+
+def _edm_nll(out: Path, dataset: datasets.Dataset, seed: int) -> float:
+    """likelihood.py's NLL of a continuous run on the held-out points discrete.py scores."""
+    run, _ = likelihood.load_run(out / "model.pth")
+    held_out = torch.from_numpy(
+        dataset.unseen(likelihood.NLL_POINTS, likelihood.NLL_SEED + seed)[0]
+    )
+    return likelihood.run_nll(run)(held_out).mean().item()
+
+
+def _row(name: str, runs: list[dict]) -> dict:
+    """A table row of runs over seeds: each seed's W2 ratio / precision / recall, the means."""
+    row = {"model": name}
+    row |= {
+        f"seed {i}": _triple(m["w2_ratio"], m["precision"], m["recall"]) for i, m in enumerate(runs)
+    }
+    mean = lambda key: float(np.mean([m[key] for m in runs]))  # noqa: E731
+    row |= {"mean": _triple(mean("w2_ratio"), mean("precision"), mean("recall"))}
+    if "off_support_fraction" in runs[0]:
+        row["off-support"] = ", ".join(f"{100 * m['off_support_fraction']:.1f}%" for m in runs)
+    row["NLL"] = mean("nll") if "nll" in runs[0] else ""
+    row["NLL, sampler"] = mean("nll_sampler") if "nll_sampler" in runs[0] else ""
+    row["train s"] = mean("train s") if "train s" in runs[0] else ""
+    return row
+
+
+def quantised(dataset: datasets.Dataset, bins: int, seed: int) -> dict:
+    """The scores of fresh true points put in their bins and decoded: a perfect model's at V."""
+    points = torch.from_numpy(dataset.draw(1000, 7000 + seed)[0])
+    shift, scale = discrete.box(torch.from_numpy(dataset.train_set()[0]))
+    z = discrete.tokenize((points - shift) / scale, bins, 1)
+    u = discrete.detokenize(z, bins, 1, torch.Generator().manual_seed(seed))
+    return evaluate.evaluate((u * scale + shift).float().numpy(), dataset, seed)
+
+
+def discrete_table(exps_dir: Path) -> str:
+    """The discrete runs of each dataset and seed beside the default continuous runs (alternated,
+    so both meet the same load), their NLLs on the same held-out points; on the dino also x and y
+    drawn together, --digits 2 in both orders and a block a step; a sweep of V (seed 0) beside
+    the scores of true points in V bins. Markdown, also in exps/ablations/discrete*.md."""
+    rows = []
+    for name in DISCRETE_DATASETS:
+        dataset, found = datasets.load(name), {"discrete": [], "continuous (edm)": []}
+        for seed in DISCRETE_SEEDS:
+            found["discrete"].append(
+                _scores(discrete_run(["--dataset", name, "--seed", seed], exps_dir))
+            )
+            edm = ablate.run_once(["--dataset", name, "--seed", seed], exps_dir)
+            found["continuous (edm)"].append(
+                _scores(edm) | {"nll": _edm_nll(edm, dataset, int(seed))}
+            )
+        if name == "dino":
+            resample = ["--num_epochs", "0", "--checkpoint"]
+            for label, args, again in [
+                ("discrete, 1 step (x, y together)", [], ["--num_inference_steps", "1"]),
+                ("L = 4, coarse block first", ["--digits", "2"], []),
+                ("L = 4, any order", ["--digits", "2"], ["--order", "any"]),
+                (
+                    "L = 4, a block a step (2 steps)",
+                    ["--digits", "2"],
+                    ["--num_inference_steps", "2"],
+                ),
+            ]:
+                found[label] = []
+                for seed in DISCRETE_SEEDS:
+                    trained = discrete_run([*args, "--seed", seed], exps_dir)
+                    out = (
+                        discrete_run([*resample, str(trained / "model.pth"), *again], exps_dir)
+                        if again
+                        else trained
+                    )
+                    found[label].append(
+                        _scores(trained) | {k: v for k, v in _scores(out).items() if k != "train s"}
+                    )
+        rows += [{"dataset": name} | _row(label, runs) for label, runs in found.items()]
+    sweep = []
+    for name in ("dino", "circle"):
+        dataset = datasets.load(name)
+        for bins in ("64", "128", "256", "512", "1024"):
+            trained = _scores(discrete_run(["--dataset", name, "--bins", bins], exps_dir))
+            limit = quantised(dataset, int(bins), 0)
+            sweep.append(
+                {"dataset": name, "V": bins}
+                | {
+                    "true points in V bins": _triple(
+                        limit["w2_ratio"], limit["precision"], limit["recall"]
+                    )
+                }
+                | {
+                    "trained, seed 0": _triple(
+                        trained["w2_ratio"], trained["precision"], trained["recall"]
+                    )
+                }
+                | {"NLL": trained["nll"], "train s": trained["train s"]}
+            )
+    return (
+        ablate.write_table(rows, exps_dir / "ablations" / "discrete")
+        + "\n"
+        + ablate.write_table(sweep, exps_dir / "ablations" / "discrete_bins")
+    )
+
+
+def discrete_figure(exps_dir: Path, path: Path, n: int = 1000) -> None:
+    """static/discrete.png: the dino's default discrete run (L = 2) unmasked from all-MASK one
+    token a step, then with x and y drawn together, beside the default continuous run; below,
+    --digits 2 (L = 4), the coarse block first. Until a point is whole it is drawn as the box
+    its revealed tokens allow."""
+    cells, boxes, titles, labels = [], [], [], []
+    steps = {
+        2: ["x or y", "x and y"],
+        4: ["coarse x or y", "coarse cell", "+ fine x or y", "whole"],
+    }
+    for args in ([], ["--digits", "2"]):
+        run = discrete.load_run(discrete_run(args, exps_dir) / "model.pth")
+        model, generator = run.ema.module.eval(), torch.Generator().manual_seed(0)
+        chain = [z for _, z in discrete.unmasking(model, n, generator)]
+        x = discrete.detokenize(chain[-1], model.bins, model.digits, generator)
+        cells.append([np.zeros((0, 2))] * (len(chain) - 1) + [(x * run.scale + run.shift).numpy()])
+        boxes.append([revealed_boxes(z, model, run.shift, run.scale) for z in chain[:-1]] + [None])
+        titles.append(
+            ["all MASK"] + [f"step {i + 1}: {s}" for i, s in enumerate(steps[len(chain) - 1])]
+        )
+        labels.append(f"L = {model.length}" + (", coarse first" if args else f", V = {model.bins}"))
+        if not args:  # L = 2 in one step: x and y drawn together; the continuous default
+            together = discrete.sample(model, n, generator, num_steps=1)
+            cells[0] += [(together * run.scale + run.shift).numpy()]
+            cells[0] += [np.load(ablate.run_once([], exps_dir) / "frames.npy")[-1]]
+            boxes[0] += [None, None]
+            titles[0] += ["1 step: x, y together", "continuous (edm)"]
+    plots.save_grid(cells, path, row_labels=labels, paths=boxes, titles=titles)
+
+
 def main(argv=None) -> None:
     parser = options.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -423,6 +588,11 @@ def main(argv=None) -> None:
         "1-8 steps (dino and moons, seeds 0-2)",
     )
     parser.add_argument(
+        "--discrete",
+        action="store_true",
+        help="only the discrete figure (masked diffusion of tokens, discrete.py) and its table",
+    )
+    parser.add_argument(
         "--methods",
         action="store_true",
         help="only the table of methods x samplers x NFE with the exact denoiser's limits",
@@ -438,6 +608,10 @@ def main(argv=None) -> None:
         return
     if args.methods:
         print(method_table(args.exps_dir))
+        return
+    if args.discrete:
+        discrete_figure(args.exps_dir, STATIC_DIR / "discrete.png")
+        print(discrete_table(args.exps_dir))
         return
     if args.reflow:
         reflow_figure(args.exps_dir, "moons", STATIC_DIR / "reflow.png")

@@ -76,9 +76,11 @@ def save_grid(
     title=None,
     classes=None,
     paths=None,
+    titles=None,
 ) -> None:
     """A grid of scatter plots: cells[row][col] is an (N, 2) point set, classes[row][col] its
-    (N,) labels; paths[row][col], if not None, (steps, N, 2) lines drawn under the points."""
+    (N,) labels; paths[row][col], if not None, (steps, N, 2) lines drawn under the points;
+    titles[row][col], if given, each cell's title in place of col_labels."""
 
     rows, cols = len(cells), len(cells[0])
     fig, axes = plt.subplots(
@@ -97,6 +99,8 @@ def save_grid(
             )
             if col_labels and r == 0:
                 ax.set_title(col_labels[c], fontsize=9)
+            if titles:
+                ax.set_title(titles[r][c], fontsize=9)
             if row_labels and c == 0:
                 ax.set_ylabel(row_labels[r], fontsize=9)
     fig.tight_layout()
