@@ -75,13 +75,13 @@ def detokenize(z: torch.Tensor, bins: int, digits: int, generator) -> torch.Tens
 # ----------------------------------------------------------------------------- 2. Forward process
 # MDLM / MD4 in continuous time with alpha_t = 1 - t: each token of x_0 is independently kept with
 # probability alpha_t and replaced by MASK otherwise, q(z_t | x_0) = Cat(alpha_t x_0 + (1 - alpha_t)
-# m) per token (Sahoo et al. 2024, eq. 2; Shi et al. 2024, eq. 1). Once masked a token stays
+# m) per token, m the MASK token (Sahoo et al. 2024; Shi et al. 2024). Once masked a token stays
 # masked, and the reverse process only unmasks.
 #
-# The loss. With the SUBS parameterisation (Sahoo et al. 2024, sec. 3.2.3) the network never
+# The loss. With the SUBS parameterisation (Sahoo et al. 2024) the network never
 # predicts MASK (it has no MASK logit) and revealed tokens are copied, so the continuous-time
 # NELBO is the cross-entropy of the masked tokens alone, weighted by alpha_t' / (1 - alpha_t) =
-# -1/t (Sahoo et al. 2024, eq. 10; Shi et al. 2024, eq. 5):
+# -1/t (the continuous-time limit of Sahoo et al. 2024 and Shi et al. 2024):
 #
 #     NELBO = E_{t ~ U(0, 1)} E_{z_t} [ (1/t) sum_{l: z_t^l = MASK} -log p_theta(x_0^l | z_t) ]
 #
@@ -98,8 +98,8 @@ T_MIN = 1e-3  # t in [T_MIN, 1]: the weight 1/t stays finite
 
 
 def antithetic_t(n: int, device=None) -> torch.Tensor:
-    """(n,) times in [T_MIN, 1], one uniform draw shifted by i/n ("low-discrepancy", Kingma et al.
-    2021, appendix I.1; Sahoo et al. 2024, sec. 3.5): the batch covers [T_MIN, 1] evenly."""
+    """(n,) times in [T_MIN, 1], one uniform draw shifted by i/n (the low-discrepancy sampler of
+    Kingma et al. 2021, which Sahoo et al. 2024 use too): the batch covers [T_MIN, 1] evenly."""
     u = (torch.rand(1, device=device) + torch.arange(n, device=device) / n) % 1
     return T_MIN + (1 - T_MIN) * u
 
@@ -160,7 +160,7 @@ class TokenMLP(nn.Module):
 
 
 # ----------------------------------------------------------------------------- 4. Sampler
-# Ancestral unmasking (Sahoo et al. 2024, eq. 7 with SUBS; Shi et al. 2024, sec. 4): from t to
+# Ancestral unmasking (the reverse process of Sahoo et al. 2024 and Shi et al. 2024): from t to
 # s < t a still-masked token is revealed with probability (alpha_s - alpha_t) / (1 - alpha_t) =
 # (t - s) / t, drawn from p_theta(x_0^l | z_t), and a revealed token stays. Equivalently each
 # token has a reveal time tau ~ U(0, 1) and is drawn on the step that contains it. Drawn
@@ -172,7 +172,8 @@ class TokenMLP(nn.Module):
 # independently, which puts points off the data (the README's table). With --digits 2 and
 # --order blocks the ranking puts the coarse block first: Block Diffusion's order (Arriola et al.
 # 2025), block after block, masked diffusion within a block. The categorical draws are made in
-# float64: in float32 they are measurably biased (Zheng et al. 2024, sec. 4).
+# float64: in float32 they are measurably biased (Zheng et al. 2024, "Masked diffusion models are
+# secretly time-agnostic masked models and exploit inaccurate categorical sampling").
 ORDERS = ("blocks", "any")
 
 
@@ -370,7 +371,8 @@ DDPM_ONLY += ("sigma_data", "time_embedding", "input_embedding", "input_scale", 
 DDPM_ONLY += ("guidance_interval", "denoiser", "sampler", "grid", "sigma_min", "sigma_max")
 DDPM_ONLY += ("s_churn", "init_noise", "eta", "clip_x0", "reflow", "reflow_pairs")
 TOKEN_FIELDS = ("bins", "digits")  # what the model is, besides ddpm's MODEL_FIELDS
-DEFAULTS = {"experiment_name": "discrete"}
+# 60 epochs: masked diffusion learns the dino in fewer steps than the continuous default (150)
+DEFAULTS = {"experiment_name": "discrete", "num_epochs": 60}
 
 
 def build_parser() -> options.ArgumentParser:
@@ -394,8 +396,9 @@ def build_parser() -> options.ArgumentParser:
     parser.add_argument(
         "--bins",
         type=options.positive(int),
-        default=256,
-        help="V, the bins of each coordinate over the data's padded box",
+        default=576,
+        help="V, the bins of each coordinate over the data's padded box (576 = 24^2: fine "
+        "enough for the dino's dots, and a square, for --digits 2)",
     )
     parser.add_argument(
         "--digits",
