@@ -11,6 +11,7 @@ from conftest import PROJECT_DIR
 from torch import nn
 
 import discrete
+import run_folder
 
 
 class TableModel(nn.Module):
@@ -226,3 +227,21 @@ def test_help_names_the_token_options_and_hides_ddpms():
     assert "--bins" in help_text and "--digits" in help_text and "--order" in help_text
     assert "--sigma_max" not in help_text and "--method" not in help_text
     assert (PROJECT_DIR / "discrete.py").is_file()
+
+
+def test_ctrl_c_saves_and_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    run = [*TINY, "--num_epochs", "6", "--save_images_step", "2", "--exps_dir", str(tmp_path)]
+    # as if Ctrl-C came in the first epoch (the signal itself: test_robustness.py)
+    monkeypatch.setattr(run_folder.StopOnCtrlC, "requested", True)
+    with pytest.raises(SystemExit) as stop:
+        discrete.main([*run, "--experiment_name", "run"])
+    assert stop.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "interrupted after epoch 1 of 6" in err and "python discrete.py" in err
+    monkeypatch.undo()
+    assert discrete.main([*run, "--experiment_name", "run", "--resume"]) == 0
+    assert discrete.main([*run, "--experiment_name", "whole"]) == 0
+    for output in ["loss.npy", "frames.npy"]:
+        assert np.array_equal(
+            np.load(tmp_path / "run" / output), np.load(tmp_path / "whole" / output)
+        )
