@@ -358,6 +358,8 @@ def run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None)
     metrics = evaluate.evaluate(state.frames[-1].numpy(), dataset, config["seed"], labels=labels)
     held_out = dataset.unseen(likelihood.NLL_POINTS, likelihood.NLL_SEED + config["seed"])[0]
     metrics |= {"nfe": steps} | likelihoods(state, held_out, config["order"])
+    if steps != model.length:  # the exact likelihood is that of the N = L sampler, not this one
+        del metrics["nll_sampler"]
     seconds |= {"frames": state.frame_seconds, "evaluate": time.perf_counter() - tic}
     saved = checkpoints.state_of(state)
     print(run_folder.save_run(out_dir, saved, labels, state.plot_limits, metrics, seconds, started))

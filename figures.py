@@ -453,7 +453,7 @@ def quantised(dataset: datasets.Dataset, bins: int, seed: int) -> dict:
 
 # The dino's other samplings and --digits 2: (name, training args, sampling args of its model).
 DISCRETE_VARIANTS = [
-    ("1 step (x, y together)", [], ["--num_inference_steps", "1"]),
+    ("1 step (x, y together)", ["--dataset", "dino"], ["--num_inference_steps", "1"]),
     ("L = 4, coarse block first", ["--digits", "2"], []),
     ("L = 4, any order", ["--digits", "2"], ["--order", "any"]),
     ("L = 4, a block a step (2 steps)", ["--digits", "2"], ["--num_inference_steps", "2"]),
@@ -463,7 +463,7 @@ DISCRETE_VARIANTS = [
 def discrete_table(exps_dir: Path) -> str:
     """The discrete runs of each dataset and seed, each beside the default continuous run (so
     both meet the same load), with NLLs on the same held-out points; on the dino the variants
-    above; then V: the dino trained (seed 0) and every dataset's true points in V bins.
+    above; then V: the dino and moons trained (seed 0), every dataset's true points in V bins.
     Markdown, also in exps/ablations/discrete.md and discrete_bins.md."""
     rows = []
     for name in DISCRETE_DATASETS:
@@ -486,10 +486,12 @@ def discrete_table(exps_dir: Path) -> str:
         rows += [{"dataset": name, "model": label} | _row(runs) for label, runs in found.items()]
     sweep = []
     for bins in DISCRETE_BINS:
-        args = ["--dataset", "dino", "--seed", "0"] + (["--bins", bins] if bins != "576" else [])
-        trained = _scores(discrete_run(args, exps_dir))
-        row = {"V": bins, "dino, trained (seed 0)": _triple(*(trained[k] for k in SCORES))}
-        row |= {"NLL": trained["nll"], "train s": trained["train s"]}
+        row = {"V": bins}
+        for name in ("dino", "moons"):  # trained, seed 0
+            args = ["--dataset", name, "--seed", "0"] + (["--bins", bins] if bins != "576" else [])
+            trained = _scores(discrete_run(args, exps_dir))
+            row[f"{name}: trained"] = _triple(*(trained[k] for k in SCORES))
+            row[f"{name}: NLL"], row[f"{name}: train s"] = trained["nll"], trained["train s"]
         for name in DISCRETE_DATASETS:  # true points in V bins, mean of seeds 0-2
             limit = [quantised(datasets.load(name), int(bins), seed) for seed in range(3)]
             mean = lambda key: float(np.mean([m[key] for m in limit]))  # noqa: E731
