@@ -456,9 +456,11 @@ def main(argv=None) -> int:
     with options.errors_in_one_line(parser):
         config, dataset, checkpoint = prepare(parser, argv)
         metrics = run(config, dataset, checkpoint)
-    nll = f"NLL {metrics['nll']:.3f} (sampler {metrics['nll_sampler']:.3f}) nats"
+    nll = f"NLL {metrics['nll']:.3f}" + (
+        f" (sampler {metrics['nll_sampler']:.3f})" if "nll_sampler" in metrics else ""
+    )
     seconds = metrics["seconds"]["total"]
-    print(f"{config['dataset']}: {evaluate.format_metrics(metrics)}  {nll}  ({seconds:.1f} s)")
+    print(f"{config['dataset']}: {evaluate.format_metrics(metrics)}  {nll} nats  ({seconds:.1f} s)")
     return 0
 
 
