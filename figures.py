@@ -480,7 +480,14 @@ def discrete_table(exps_dir: Path) -> str:
             found[label] = []
             for seed in DISCRETE_SEEDS:
                 trained = discrete_run([*args, "--seed", seed], exps_dir)
-                again = ["--checkpoint", str(trained / "model.pth"), "--num_epochs", "0"]
+                again = [
+                    "--checkpoint",
+                    str(trained / "model.pth"),
+                    "--num_epochs",
+                    "0",
+                    "--seed",
+                    seed,
+                ]
                 out = discrete_run([*again, *sampling], exps_dir) if sampling else trained
                 found[label].append(_scores(out) | {"train s": _scores(trained)["train s"]})
         rows += [{"dataset": name, "model": label} | _row(runs) for label, runs in found.items()]
