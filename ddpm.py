@@ -592,15 +592,15 @@ class Run:
     """A model in training: its method and network, the EMA, AdamW, the losses and the frames so
     far. checkpoints.py saves and restores it; the run folder (run_folder.py) writes it out."""
 
-    def __init__(
-        self, config, data, labels, classes, shift, scale, sigma_data, pairs=None, denoiser=None
-    ):
-        """data (m, 2): training points in training units, (x - shift) / scale; labels (m,); pairs:
-        reflow's (section 10); denoiser: what frames are sampled with, default the EMA's network."""
+    def __init__(self, config, data, labels, classes, shift, scale, sigma_data, **parts):
+        """data (m, 2): training points in training units, (x - shift) / scale; labels (m,); parts:
+        reflow's pairs (section 10), the denoiser frames are sampled with (default the EMA's
+        network) and the model (default make_model's; discrete.py gives its own)."""
+        pairs, denoiser, model = (parts.get(name) for name in ("pairs", "denoiser", "model"))
         self.config, self.data, self.labels = config, data, labels
         self.classes, self.sigma_data, device = list(classes), sigma_data, data.device
         self.method = make_method(config, sigma_data, device)
-        self.model = make_model(config, len(self.classes)).to(device)
+        self.model = (make_model(config, len(self.classes)) if model is None else model).to(device)
         self.ema = EMA(self.model, config["ema_decay"])
         # fused: one kernel for all tensors, 5x faster than the per-tensor loop on CPU
         self.optimizer = AdamW(self.model.parameters(), lr=config["learning_rate"], fused=True)
@@ -675,9 +675,9 @@ def sample_frame(run: Run) -> None:
     run.frame_seconds += time.perf_counter() - tic
 
 
-def train_step(run: Run, x_0: torch.Tensor, c=None, eps=None) -> torch.Tensor:
+def train_step(run: Run, x_0: torch.Tensor, c=None, eps=None, objective=loss_fn) -> torch.Tensor:
     """One AdamW step on x_0 (B, 2), classes c (B,), reflow's eps (B, 2); the loss, not waiting."""
-    loss = loss_fn(run.model, run.method, x_0, c, run.config["cond_drop_prob"], eps)
+    loss = objective(run.model, run.method, x_0, c, run.config["cond_drop_prob"], eps)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(run.model.parameters(), 1.0, foreach=True)
@@ -693,9 +693,9 @@ def train_step(run: Run, x_0: torch.Tensor, c=None, eps=None) -> torch.Tensor:
 DIVERGED_LOSS = 1e3
 
 
-def train(run: Run) -> str:
-    """AdamW on the loss of section 6, epoch after epoch of shuffled batches, with an EMA of the
-    weights that samples a frame every few epochs. Returns "done", "interrupted" or "diverged"."""
+def train(run: Run, objective=loss_fn, frame=sample_frame) -> str:
+    """AdamW on objective (section 6's loss), epoch after epoch of shuffled batches, with an EMA of
+    the weights that samples a frame every few epochs: "done", "interrupted" or "diverged"."""
     config, data, B = run.config, run.data, run.batches_per_epoch
     steps, desc = len(run.losses), f"training on {config['dataset']}"
     bar = tqdm(total=steps, initial=run.epoch * B, desc=desc, unit="step", dynamic_ncols=True)
@@ -708,7 +708,7 @@ def train(run: Run) -> str:
             for batch in order.split(config["train_batch_size"]):
                 c = None if run.labels is None else run.labels[batch]
                 eps = None if run.noise is None else run.noise[batch]  # reflow's pairs
-                run.losses[step] = train_step(run, data[batch], c, eps)
+                run.losses[step] = train_step(run, data[batch], c, eps, objective)
                 step += 1
             epoch_losses = run.losses[step - B : step]  # read with one sync per epoch
             epoch_loss, worst = torch.stack((epoch_losses.mean(), epoch_losses.max())).tolist()
@@ -717,7 +717,7 @@ def train(run: Run) -> str:
             bar.set_postfix(loss=f"{epoch_loss:.4f}", refresh=False)
             bar.update(B)
             if is_frame_epoch(run.epoch, config):
-                sample_frame(run)
+                frame(run)
             run.epoch += 1
             if ctrl_c.requested:
                 return "interrupted"

@@ -22,6 +22,8 @@ import ablate
 import checkpoints
 import datasets
 import ddpm
+import discrete
+import evaluate
 import exact
 import likelihood
 import options
@@ -667,6 +669,166 @@ def reflow_figure(exps_dir: Path, dataset: str, path: Path, n: int = 1000) -> No
     plots.save_grid(cells, path, row_labels=names, col_labels=columns, paths=paths, classes=classes)
 
 
+# Discrete diffusion (discrete.py): its runs beside the default (continuous) run of each seed.
+DISCRETE_DATASETS, DISCRETE_SEEDS = ["dino", "moons", "line", "circle"], ["0", "1", "2"]
+DISCRETE_BINS = ["64", "128", "256", "576", "1024"]  # V: the dino trained, every dataset's limit
+SCORES = ("w2_ratio", "precision", "recall")
+
+
+def discrete_run(args: list[str], exps_dir: Path) -> Path:
+    """A discrete.py run with args in exps_dir/discrete_<args>, trained unless it finished."""
+    shown = [Path(arg).parent.name if arg.endswith(".pth") else arg.lstrip("-") for arg in args]
+    out = exps_dir / "_".join(["discrete", *shown])  # a checkpoint by its run's folder
+    if not (out / "metrics.json").is_file():
+        command = [*args, "--exps_dir", str(exps_dir), "--experiment_name", out.name]
+        discrete.main([*command, "--overwrite"])
+    return out
+
+
+def _scores(out: Path) -> dict:
+    """A run's metrics.json, with its training seconds as "train s"."""
+    metrics = json.loads((out / "metrics.json").read_text())
+    return metrics | {"train s": metrics["seconds"]["train"]}
+
+
+def _edm_nll(out: Path, dataset: datasets.Dataset, seed: int) -> float:
+    """likelihood.py's NLL of a continuous run, on the held-out points discrete.py scores."""
+    run, _ = likelihood.load_run(out / "model.pth")
+    points = dataset.unseen(likelihood.NLL_POINTS, likelihood.NLL_SEED + seed)[0]
+    return likelihood.run_nll(run)(torch.from_numpy(points)).mean().item()
+
+
+def _row(runs: list[dict]) -> dict:
+    """Runs over seeds: each one's W2 ratio / precision / recall, the means, NLLs, seconds."""
+    mean = lambda key: float(np.mean([m[key] for m in runs]))  # noqa: E731
+    row = {f"seed {i}": _triple(*(m[key] for key in SCORES)) for i, m in enumerate(runs)}
+    row["mean"] = _triple(*map(mean, SCORES))
+    if "off_support_fraction" in runs[0]:
+        row["off-support"] = ", ".join(f"{100 * m['off_support_fraction']:.1f}%" for m in runs)
+    return row | {key: mean(key) for key in ("nll", "nll_sampler", "train s") if key in runs[0]}
+
+
+def quantised(dataset: datasets.Dataset, bins: int, seed: int) -> dict:
+    """The scores of 1000 fresh true points put in their V bins and decoded: a perfect model's."""
+    points = torch.from_numpy(dataset.draw(1000, 7000 + seed)[0])
+    shift, scale = discrete.box(torch.from_numpy(dataset.train_set()[0]))
+    z = discrete.tokenize((points - shift) / scale, bins, 1)
+    u = discrete.detokenize(z, bins, 1, torch.Generator().manual_seed(seed))
+    return evaluate.evaluate((u * scale + shift).float().numpy(), dataset, seed)
+
+
+# The dino's other samplings and --digits 2: (name, training args, sampling args of its model).
+DISCRETE_VARIANTS = [
+    ("1 step (x, y together)", ["--dataset", "dino"], ["--num_inference_steps", "1"]),
+    ("L = 4, coarse block first", ["--digits", "2"], []),
+    ("L = 4, any order", ["--digits", "2"], ["--order", "any"]),
+    ("L = 4, a block a step (2 steps)", ["--digits", "2"], ["--num_inference_steps", "2"]),
+]
+
+
+def discrete_table(exps_dir: Path) -> str:
+    """The discrete runs of each dataset and seed, each beside the default continuous run (so
+    both meet the same load), with NLLs on the same held-out points; on the dino the variants
+    above; then V: the dino and moons trained (seed 0), every dataset's true points in V bins.
+    Markdown, also in exps/ablations/discrete.md and discrete_bins.md."""
+    rows = []
+    for name in DISCRETE_DATASETS:
+        dataset, found = datasets.load(name), {"discrete": [], "continuous (edm)": []}
+        for seed in DISCRETE_SEEDS:
+            found["discrete"].append(
+                _scores(discrete_run(["--dataset", name, "--seed", seed], exps_dir))
+            )
+            edm = ablate.run_once(["--dataset", name, "--seed", seed], exps_dir)
+            found["continuous (edm)"].append(
+                _scores(edm) | {"nll": _edm_nll(edm, dataset, int(seed))}
+            )
+        for label, args, sampling in DISCRETE_VARIANTS if name == "dino" else []:
+            found[label] = []
+            for seed in DISCRETE_SEEDS:
+                trained = discrete_run([*args, "--seed", seed], exps_dir)
+                again = [
+                    "--checkpoint",
+                    str(trained / "model.pth"),
+                    "--num_epochs",
+                    "0",
+                    "--seed",
+                    seed,
+                ]
+                out = discrete_run([*again, *sampling], exps_dir) if sampling else trained
+                found[label].append(_scores(out) | {"train s": _scores(trained)["train s"]})
+        rows += [{"dataset": name, "model": label} | _row(runs) for label, runs in found.items()]
+    sweep = []
+    for bins in DISCRETE_BINS:
+        row = {"V": bins}
+        for name in ("dino", "moons"):  # trained, seed 0
+            args = ["--dataset", name, "--seed", "0"] + (["--bins", bins] if bins != "576" else [])
+            trained = _scores(discrete_run(args, exps_dir))
+            row[f"{name}: trained"] = _triple(*(trained[k] for k in SCORES))
+            row[f"{name}: NLL"], row[f"{name}: train s"] = trained["nll"], trained["train s"]
+        for name in DISCRETE_DATASETS:  # true points in V bins, mean of seeds 0-2
+            limit = [quantised(datasets.load(name), int(bins), seed) for seed in range(3)]
+            mean = lambda key: float(np.mean([m[key] for m in limit]))  # noqa: E731
+            row[f"{name}: true points"] = _triple(*map(mean, SCORES))
+            if "off_support_fraction" in limit[0]:
+                row[f"{name}: true points"] += f", {100 * mean('off_support_fraction'):.1f}%"
+        sweep.append(row)
+    tables = [(rows, "discrete"), (sweep, "discrete_bins")]
+    return "\n".join(ablate.write_table(t, exps_dir / "ablations" / stem) for t, stem in tables)
+
+
+def revealed_boxes(z: torch.Tensor, model, shift, scale) -> np.ndarray:
+    """(5, n, 2): the outline of the box the revealed tokens z (n, L) of each point allow, in the
+    data's units (a masked coordinate spans the whole box; the coarse digit comes first)."""
+    K, L = model.vocab, model.length
+    low, size = (
+        torch.zeros(len(z), 2, dtype=torch.float64),
+        torch.ones(len(z), 2, dtype=torch.float64),
+    )
+    for i in range(L):  # digit i // 2 of coordinate i % 2
+        known = z[:, i] < K
+        size[known, i % 2] /= K
+        low[known, i % 2] += z[known, i] * size[known, i % 2]
+    corners = [(0, 0), (1, 0), (1, 1), (0, 1), (0, 0)]
+    return np.stack([((low + size * torch.tensor(c)) * scale + shift).numpy() for c in corners])
+
+
+def discrete_figure(exps_dir: Path, path: Path, n: int = 1000) -> None:
+    """static/discrete.png: the dino's discrete run (seed 0) unmasked from all-MASK one token a
+    step, then with x and y drawn together, beside the default continuous run; below, --digits 2
+    (L = 4), the coarse block first. Until a point is whole it is drawn as the box its revealed
+    tokens allow."""
+    cells, boxes, titles, labels = [], [], [], []
+    steps = {
+        2: ["x or y", "x and y"],
+        4: ["coarse x or y", "coarse cell", "+ fine x or y", "whole"],
+    }
+    for args in (["--dataset", "dino"], ["--digits", "2"]):  # the table's runs of seed 0
+        run = discrete.load_run(discrete_run([*args, "--seed", "0"], exps_dir) / "model.pth")
+        model, generator = run.ema.module.eval(), torch.Generator().manual_seed(0)
+        chain = [z for _, z in discrete.unmasking(model, n, generator)]
+        x = discrete.detokenize(chain[-1], model.bins, model.digits, generator)
+        cells.append([np.zeros((0, 2))] * (len(chain) - 1) + [(x * run.scale + run.shift).numpy()])
+        # one point in 8 while a coordinate is still all MASK: the bands stay apart
+        shown = [z[::8] if i < 2 else z for i, z in enumerate(chain[:-1])]
+        boxes.append([revealed_boxes(z, model, run.shift, run.scale) for z in shown] + [None])
+        titles.append(
+            ["all MASK"] + [f"step {i + 1}: {s}" for i, s in enumerate(steps[model.length])]
+        )
+        labels.append(f"L = {model.length}, V = {model.bins}")
+        if model.length == 2:  # in one step: x and y drawn together; the continuous default
+            together = discrete.sample(model, n, generator, num_steps=1)
+            cells[0] += [(together * run.scale + run.shift).numpy()]
+            cells[0] += [np.load(ablate.run_once([], exps_dir) / "frames.npy")[-1]]
+            boxes[0] += [None, None]
+            titles[0] += ["1 step: x, y together", "continuous (edm)"]
+    plots.save_grid(cells, path, row_labels=labels, paths=boxes, titles=titles)
+
+
+def discrete_part(exps_dir: Path) -> str:
+    discrete_figure(exps_dir, STATIC_DIR / "discrete.png")
+    return discrete_table(exps_dir)
+
+
 def ablations(exps_dir: Path) -> str:
     """The grids static/ablation_<param>.png of ABLATIONS and their tables."""
     tables = []
@@ -722,6 +884,10 @@ PARTS = {
         defaults_tables,
     ),
     "guidance": ("the guidance figure and table (a conditional model)", guidance_sweep),
+    "discrete": (
+        "the discrete figure (masked diffusion of tokens, discrete.py) and its tables",
+        discrete_part,
+    ),
 }
 
 

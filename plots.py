@@ -130,6 +130,7 @@ LOSS_TARGETS = {  # its target, for the title of loss.png
     "ddpm": "MSE of eps",
     "flow": "MSE of the velocity eps - x_0",
     "edm": "MSE of F against (x_0 - c_skip x) / c_out",
+    "discrete": "(1/t) cross-entropy of the masked tokens",
 }
 
 

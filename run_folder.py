@@ -148,9 +148,11 @@ def save_run(out_dir: Path, state: dict, frame_labels, plot_limits, metrics, sec
     return f"outputs in {out_dir}/: " + ("model.pth " if with_checkpoint else "") + files
 
 
-def stop_early(out_dir: Path, state: dict, frame_labels, plot_limits, diverged_at=None):
+def stop_early(
+    out_dir: Path, state: dict, frame_labels, plot_limits, diverged_at=None, program="ddpm.py"
+):
     """Save what a diverged (at step diverged_at, with the losses up to it) or interrupted run
-    has done, and raise, saying where it is."""
+    has done, and raise, saying where it is and how to continue (python <program> --resume)."""
     config = state["config"]
     if diverged_at is not None:
         try:  # no blown-up weights
@@ -166,7 +168,7 @@ def stop_early(out_dir: Path, state: dict, frame_labels, plot_limits, diverged_a
     try:
         save_outputs(out_dir, state, frame_labels, plot_limits)
         saved = (
-            f"saved in {out_dir}. Continue with: python ddpm.py --experiment_name "
+            f"saved in {out_dir}. Continue with: python {program} --experiment_name "
             f"{config['experiment_name']} --exps_dir {config['exps_dir']} --resume"
         )
     except OSError as err:

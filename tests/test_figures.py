@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -300,3 +301,30 @@ def test_a_runs_score_is_redone_and_saved_only_when_evaluate_py_is_newer(
     monkeypatch.setattr(ablate, "SCORED_BY", [newer])
     assert ablate.score(out)["w2_ratio"] == metrics["w2_ratio"]  # redone
     assert json.loads((out / "metrics.json").read_text())["w2_ratio"] == metrics["w2_ratio"]
+
+
+def test_revealed_boxes_narrow_from_the_whole_box_to_the_bin_of_the_point():
+    model = SimpleNamespace(vocab=4, length=4)  # V = 16 bins, coarse and fine digits
+    shift, scale = torch.tensor([-1.0, 0.0]), torch.tensor([2.0, 4.0])
+    z = torch.tensor([[4, 4, 4, 4], [1, 4, 4, 4], [1, 3, 2, 4], [1, 3, 2, 0]])
+    corners = figures.revealed_boxes(z, model, shift, scale)  # (5, 4, 2)
+    low, high = corners[0], corners[2]
+    np.testing.assert_allclose(np.stack((low[0], high[0])), [[-1, 0], [1, 4]])  # all MASK
+    np.testing.assert_allclose(np.stack((low[1], high[1])), [[-0.5, 0], [0, 4]])  # coarse x = 1
+    # coarse x = 1, y = 3, fine x = 2: x in bin 6 of 16, y in the top quarter
+    np.testing.assert_allclose(np.stack((low[2], high[2])), [[-0.25, 3], [-0.125, 4]])
+    # the whole point: the bin 6 of 16 in x, 12 of 16 in y
+    np.testing.assert_allclose(low[3], [-1 + 6 / 16 * 2, 12 / 16 * 4])
+    np.testing.assert_allclose(high[3] - low[3], [2 / 16, 4 / 16])
+
+
+def test_the_discrete_figure_from_tiny_runs(tmp_path, monkeypatch):
+    run_once, discrete_run = ablate.run_once, figures.discrete_run
+    small = ["--num_epochs", "2", "--hidden_size", "16", "--bins", "16", "--eval_batch_size", "200"]
+    monkeypatch.setattr(ablate, "run_once", lambda args, exps: run_once([*args, *TINY], exps))
+    monkeypatch.setattr(
+        figures, "discrete_run", lambda args, exps: discrete_run([*args, *small], exps)
+    )
+    figures.discrete_figure(tmp_path, tmp_path / "discrete.png", n=200)
+    cell = round(plots.CELL_INCHES * plots.DPI)
+    assert image_size(tmp_path / "discrete.png") == ((5 * cell, 2 * cell), 1)
