@@ -593,9 +593,8 @@ class Run:
     far. checkpoints.py saves and restores it; the run folder (run_folder.py) writes it out."""
 
     def __init__(self, config, data, labels, classes, shift, scale, sigma_data, **parts):
-        """data (m, 2): training points in training units, (x - shift) / scale; labels (m,); parts:
-        reflow's pairs (section 10), the denoiser frames are sampled with (default the EMA's
-        network) and the model (default make_model's; discrete.py gives its own)."""
+        """data (m, 2): training points in training units, (x - shift) / scale; labels (m,). parts:
+        reflow's pairs (section 10), frames' denoiser (the EMA's), the model (discrete.py's)."""
         pairs, denoiser, model = (parts.get(name) for name in ("pairs", "denoiser", "model"))
         self.config, self.data, self.labels = config, data, labels
         self.classes, self.sigma_data, device = list(classes), sigma_data, data.device
@@ -650,7 +649,8 @@ def make_run(config: dict, dataset: datasets.Dataset, checkpoint=None, pairs=Non
     denoiser = None
     if config["denoiser"] == "exact":  # the true distribution's, in training units
         denoiser = exact.denoiser_of(dataset, config["data_dir"], shift, scale).to(device)
-    run = Run(config, data, labels, dataset.classes, shift, scale, sigma_data, pairs, denoiser)
+    parts = {"pairs": pairs, "denoiser": denoiser}
+    run = Run(config, data, labels, dataset.classes, shift, scale, sigma_data, **parts)
     if checkpoint:
         checkpoints.restore(run, checkpoint, config["resume"])
     return run
@@ -833,16 +833,11 @@ def build_parser() -> options.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    if parser.parse_args(argv).dataset == "list":
-        print("\n".join(datasets.DATASETS))
-        return 0
-    options.use_run_threads()
-    with options.errors_in_one_line(parser):
-        config, dataset, checkpoint = checkpoints.prepare(parser, argv, sampling_options)
-        metrics = experiment(config, dataset, checkpoint)
-    seconds = metrics["seconds"]["total"]
-    print(f"{config['dataset']}: {evaluate.format_metrics(metrics)}  ({seconds:.1f} s)")
+    prepare = partial(checkpoints.prepare, sampling_options=sampling_options)
+    if ran := options.run_command(build_parser(), argv, prepare, experiment):  # or --dataset list
+        config, metrics = ran
+        seconds = metrics["seconds"]["total"]
+        print(f"{config['dataset']}: {evaluate.format_metrics(metrics)}  ({seconds:.1f} s)")
     return 0
 
 

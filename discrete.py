@@ -448,14 +448,10 @@ def prepare(parser, argv) -> tuple[dict, datasets.Dataset, dict | None]:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    if parser.parse_args(argv).dataset == "list":
-        print("\n".join(datasets.DATASETS))
+    ran = options.run_command(build_parser(), argv, prepare, run)
+    if ran is None:  # --dataset list
         return 0
-    options.use_run_threads()
-    with options.errors_in_one_line(parser):
-        config, dataset, checkpoint = prepare(parser, argv)
-        metrics = run(config, dataset, checkpoint)
+    config, metrics = ran
     nll = f"NLL {metrics['nll']:.3f}" + (
         f" (sampler {metrics['nll_sampler']:.3f})" if "nll_sampler" in metrics else ""
     )

@@ -571,3 +571,16 @@ def errors_in_one_line(parser: argparse.ArgumentParser):
         )
     except KeyboardInterrupt as err:
         parser.exit(130, f"{parser.prog}: {one_line(str(err) or 'interrupted')}\n")
+
+
+def run_command(parser: argparse.ArgumentParser, argv, prepare, experiment) -> tuple | None:
+    """What `python ddpm.py` (and discrete.py) does with its parser: `--dataset list` prints the
+    names (None); else, on one thread, prepare(parser, argv)'s (config, dataset, checkpoint) run
+    by experiment, bad input and failed runs ended in one line. Returns (config, metrics)."""
+    if parser.parse_args(argv).dataset == "list":
+        print("\n".join(datasets.DATASETS))
+        return None
+    use_run_threads()
+    with errors_in_one_line(parser):
+        config, dataset, checkpoint = prepare(parser, argv)
+        return config, experiment(config, dataset, checkpoint)
