@@ -275,6 +275,16 @@ def _triple(w2_ratio: float, precision: float, recall: float) -> str:
     return f"{w2_ratio:.2f} / {precision:.2f} / {recall:.2f}"
 
 
+def _mean_and_worst(runs: list[dict]) -> tuple[str, str]:
+    """W2 ratio / precision / recall of several seeds' metrics: their means, and the worst."""
+    mean = _triple(*(np.mean([m[key] for m in runs]) for key in METRICS))
+    return mean, _triple(*(WORST[key](m[key] for m in runs) for key in METRICS))
+
+
+def _off_support(runs: list[dict]) -> str:
+    return ", ".join(f"{100 * m['off_support_fraction']:.1f}%" for m in runs)
+
+
 # ----------------------------------------------------------------------------- Methods x NFE
 # Each method trained at the default budget, and the flow's 2-rectified flow (its reflow, sec. 6).
 NFE_ROWS = {"DDPM": ["--method", "ddpm"], "flow": ["--method", "flow"], "EDM": []}
@@ -337,10 +347,8 @@ def methods_nfe(exps_dir: Path, path: Path) -> str:
         sampler = samplers[row].replace("\n", " ")
         line = {"method": row, "sampler": sampler, "seeds": f"{len(NFE_SEEDS)}, {summary}"}
         for nfe in NFE_COLUMNS:
-            values = {key: [m[key] for m in scores[row, nfe]] for key in METRICS}
-            line[f"NFE {nfe}"] = _triple(
-                *(np.mean(v) if summary == "mean" else WORST[k](v) for k, v in values.items())
-            )
+            mean, worst = _mean_and_worst(scores[row, nfe])
+            line[f"NFE {nfe}"] = mean if summary == "mean" else worst
         table.append(line)
     return ablate.write_table(table, exps_dir / "ablations" / "methods_nfe")
 
@@ -505,10 +513,6 @@ SAMPLER_SETTINGS = {  # row label: the options that sample each default checkpoi
 }
 
 
-def _off_support(scores: list[dict]) -> str:
-    return ", ".join(f"{100 * m['off_support_fraction']:.1f}%" for m in scores)
-
-
 def defaults_tables(exps_dir: Path) -> str:
     """The default run of each dataset and seed beside the exact denoiser through the same
     sampler; then every SAMPLER_SETTINGS row on the same checkpoints (mean W2 ratio, worst
@@ -523,9 +527,7 @@ def defaults_tables(exps_dir: Path) -> str:
             for seed in DEFAULT_SEEDS:
                 run = ablate.run_once(["--dataset", dataset, "--seed", seed, *extra], exps_dir)
                 scores.append(ablate.score(run))
-                for label, sampling in SAMPLER_SETTINGS.items():
-                    if kind == "limit":
-                        continue
+                for label, sampling in SAMPLER_SETTINGS.items() if kind != "limit" else []:
                     again = ["--checkpoint", str(run / "model.pth"), "--num_epochs", "0"]
                     out = (
                         run
@@ -533,7 +535,7 @@ def defaults_tables(exps_dir: Path) -> str:
                         else ablate.run_once([*again, "--seed", seed, *sampling], exps_dir)
                     )
                     study[label].setdefault(dataset, []).append(ablate.score(out))
-            cells = [_triple(m["w2_ratio"], m["precision"], m["recall"]) for m in scores]
+            cells = [_triple(*(m[key] for key in METRICS)) for m in scores]
             mean = np.mean([m["w2_ratio"] for m in scores])
             support = _off_support(scores) if "off_support_fraction" in scores[0] else ""
             name = dataset if kind == "**network**" else ""
@@ -619,21 +621,12 @@ def reflow_table(exps_dir: Path) -> str:
             scores.setdefault((dataset, name, metrics["nfe"]), []).append(metrics)
     rows = []
     for (dataset, model, nfe), seeds in scores.items():
-        mean = lambda key: np.mean([m[key] for m in seeds])  # noqa: E731
-        worst = lambda key, pick: pick(m[key] for m in seeds)  # noqa: E731
+        mean = lambda key: float(np.mean([m[key] for m in seeds]))  # noqa: E731
+        summary = dict(zip(("W2 ratio / P / R, mean", "worst"), _mean_and_worst(seeds)))
         rows.append(
             {"dataset": dataset, "model": model, "NFE": nfe}
-            | {
-                "W2 ratio / P / R, mean": _triple(
-                    mean("w2_ratio"), mean("precision"), mean("recall")
-                )
-            }
-            | {
-                "worst": _triple(
-                    worst("w2_ratio", max), worst("precision", min), worst("recall", min)
-                )
-            }
-            | {"straightness": float(mean("straightness")), "train s": float(mean("seconds"))}
+            | summary
+            | {"straightness": mean("straightness"), "train s": mean("seconds")}
         )
     return ablate.write_table(rows, exps_dir / "ablations" / "reflow")
 
@@ -673,7 +666,6 @@ def reflow_figure(exps_dir: Path, dataset: str, path: Path, n: int = 1000) -> No
 # Discrete diffusion (discrete.py): its runs beside the default (continuous) run of each seed.
 DISCRETE_DATASETS, DISCRETE_SEEDS = ["dino", "moons", "line", "circle"], ["0", "1", "2"]
 DISCRETE_BINS = ["64", "128", "256", "576", "1024"]  # V: the dino trained, every dataset's limit
-SCORES = ("w2_ratio", "precision", "recall")
 
 
 def discrete_run(args: list[str], exps_dir: Path) -> Path:
@@ -702,10 +694,10 @@ def _edm_nll(out: Path, dataset: datasets.Dataset, seed: int) -> float:
 def _row(runs: list[dict]) -> dict:
     """Runs over seeds: each one's W2 ratio / precision / recall, the means, NLLs, seconds."""
     mean = lambda key: float(np.mean([m[key] for m in runs]))  # noqa: E731
-    row = {f"seed {i}": _triple(*(m[key] for key in SCORES)) for i, m in enumerate(runs)}
-    row["mean"] = _triple(*map(mean, SCORES))
+    row = {f"seed {i}": _triple(*(m[key] for key in METRICS)) for i, m in enumerate(runs)}
+    row["mean"] = _mean_and_worst(runs)[0]
     if "off_support_fraction" in runs[0]:
-        row["off-support"] = ", ".join(f"{100 * m['off_support_fraction']:.1f}%" for m in runs)
+        row["off-support"] = _off_support(runs)
     return row | {key: mean(key) for key in ("nll", "nll_sampler", "train s") if key in runs[0]}
 
 
@@ -764,12 +756,12 @@ def discrete_table(exps_dir: Path) -> str:
         for name in ("dino", "moons"):  # trained, seed 0
             args = ["--dataset", name, "--seed", "0"] + (["--bins", bins] if bins != "576" else [])
             trained = _scores(discrete_run(args, exps_dir))
-            row[f"{name}: trained"] = _triple(*(trained[k] for k in SCORES))
+            row[f"{name}: trained"] = _triple(*(trained[k] for k in METRICS))
             row[f"{name}: NLL"], row[f"{name}: train s"] = trained["nll"], trained["train s"]
         for name in DISCRETE_DATASETS:  # true points in V bins, mean of seeds 0-2
             limit = [quantised(datasets.load(name), int(bins), seed) for seed in range(3)]
             mean = lambda key: float(np.mean([m[key] for m in limit]))  # noqa: E731
-            row[f"{name}: true points"] = _triple(*map(mean, SCORES))
+            row[f"{name}: true points"] = _triple(*map(mean, METRICS))
             if "off_support_fraction" in limit[0]:
                 row[f"{name}: true points"] += f", {100 * mean('off_support_fraction'):.1f}%"
         sweep.append(row)
