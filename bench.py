@@ -167,7 +167,7 @@ def main(argv=None) -> None:
     )
     start_up = wall - metrics["seconds"]["total"]
     print(
-        f"default dino run: {wall:.1f} s wall ({parts}; start-up {start_up:.1f} s)  "
+        f"default dino run: {wall:.1f} s wall (start-up {start_up:.1f} s  {parts})  "
         f"W2 ratio {metrics['w2_ratio']:.3f}"
     )
 

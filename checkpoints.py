@@ -49,7 +49,6 @@ CHECKPOINT_KEYS = {
     "model",
     "ema",
     "optimizer",
-    "lr_schedule",
     "rng",
     "clip_range",
     "losses",
@@ -75,7 +74,6 @@ def state_of(run) -> dict:
         "model": run.model.state_dict(),
         "ema": run.ema.state_dict(),
         "optimizer": run.optimizer.state_dict(),
-        "lr_schedule": run.lr_schedule.state_dict() if run.lr_schedule else None,
         "rng": torch.get_rng_state(),
         "clip_range": run.clip_range.cpu(),
         "losses": run.losses[:steps].cpu(),
@@ -120,9 +118,7 @@ def restore(run, checkpoint: dict, resume: bool) -> None:
     run.clip_range = checkpoint["clip_range"].to(run.data.device)
     if not resume:
         return
-    run.optimizer.load_state_dict(checkpoint["optimizer"])
-    if run.lr_schedule:
-        run.lr_schedule.load_state_dict(checkpoint["lr_schedule"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])  # its step count sets the learning rate
     torch.set_rng_state(checkpoint["rng"].cpu())
     run.epoch = checkpoint["epoch"]
     run.losses[: len(checkpoint["losses"])] = checkpoint["losses"]
