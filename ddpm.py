@@ -603,8 +603,8 @@ class Run:
         self.batches_per_epoch = math.ceil(len(data) / config["train_batch_size"])
         steps = config["num_epochs"] * self.batches_per_epoch
         # Cosine decay of the learning rate to 0: the last steps refine instead of jumping around.
-        decay = max(steps, 1) if config["lr_decay"] == "cosine" else None
-        self.optimizer = AdamW(self.model.parameters(), config["learning_rate"], decay)
+        decay_steps = max(steps, 1) if config["lr_decay"] == "cosine" else None
+        self.optimizer = AdamW(self.model.parameters(), config["learning_rate"], decay_steps)
         self.losses = torch.full((steps,), math.nan, device=device)  # no sync per step
         self.clip_range = torch.stack((data.min(0).values, data.max(0).values))  # (2, 2): the box
         self.shift, self.scale = shift, scale
