@@ -14,7 +14,7 @@ import exact
 import run_folder
 
 TINY = ["--hidden_size", "16", "--hidden_layers", "1", "--eval_batch_size", "100"]
-TINY += ["--num_epochs", "2", "--save_images_step", "1"]
+TINY += ["--num_epochs", "2", "--save_images_step", "1", "--input_scale", "200"]  # make_run's
 
 
 def config_of(*args) -> dict:

@@ -10,7 +10,11 @@ import bench
 import datasets
 import ddpm
 
-CONFIG = vars(ddpm.build_parser().parse_args(["--hidden_size", "32", "--embedding_size", "16"]))
+CONFIG = vars(
+    ddpm.build_parser().parse_args(
+        ["--hidden_size", "32", "--embedding_size", "16", "--input_scale", "200"]
+    )
+)
 
 
 def train_steps(model, optimizer, steps=20):
