@@ -4,8 +4,9 @@ with python figures.py --NAME (-h lists them). Each prints its seconds.
 Runs (or reuses) in exps/ the runs each part needs, then draws into static/: the default run's
 samples, process figure, animation and loss curve; the denoiser's field; paths per method; where
 each method trains; the method x NFE grid; the ablation grids; the density, reflow, guidance and
-discrete figures; and the tables of the defaults and the sampler study. The tables go to
-exps/ablations/.
+discrete figures; and the tables of the defaults, the sampler study and the likelihood on every
+dataset (with three smooth .csv files of known density, written to exps/data/). The tables go
+to exps/ablations/.
 """
 
 import argparse

@@ -56,7 +56,7 @@ class DirectionalEmbedding(nn.Module):
 # The Fourier scale of --input_scale auto, from the data: the finest wave spans this many times
 # the typical gap between neighbouring training points. The dino's 8000 points in 142 dots
 # sit 0.0017 std apart (scale 200: its dots drawn sharp); a smooth Gaussian's 8000 points
-# 0.016 apart (scale 21: a smooth density, where 200 roughens it; RESULTS.md, "The likelihood").
+# 0.016 apart (scale 21: a smooth density, which 200 roughens; figures.py --likelihood).
 WAVELENGTH_GAPS = 18.5
 
 
