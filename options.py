@@ -270,8 +270,8 @@ def build_parser(choices: dict) -> ArgumentParser:
         help="the highest frequency of the embedding of x and y, in radians per unit "
         "of the data as trained (Tancik et al. 2020's Fourier-feature scale): higher lets the MLP "
         "draw finer detail. auto (the default): from the training points' spacing, 2 pi over "
-        f"{WAVELENGTH_GAPS:g} times the median gap to a nearest neighbour (in stds): about 200 "
-        "for the dino's dots, 20 for a smooth Gaussian of 8000 points; config.json keeps the "
+        f"{WAVELENGTH_GAPS:g} times the median gap to a nearest neighbour (in stds): about 100 "
+        "for the dino's dots, 10 for a smooth Gaussian of 8000 points; config.json keeps the "
         "number",
     )
     guidance.add_argument(

@@ -54,10 +54,12 @@ class DirectionalEmbedding(nn.Module):
 
 
 # The Fourier scale of --input_scale auto, from the data: the finest wave spans this many times
-# the typical gap between neighbouring training points. The dino's 8000 points in 142 dots
-# sit 0.0017 std apart (scale 200: its dots drawn sharp); a smooth Gaussian's 8000 points
-# 0.016 apart (scale 21: a smooth density, which 200 roughens; figures.py --likelihood).
-WAVELENGTH_GAPS = 18.5
+# the typical gap between neighbouring training points. The dino's 8000 points in 142 dots sit
+# 0.0017 std apart: scale 99, which drew its dots as 200 did (seed 0); a smooth Gaussian's 8000
+# points 0.016 apart: scale 10, where 200 roughened its density (KL(data || model) 0.015 nats
+# against 0.16 at seed 0; figures.py --likelihood). Half as many gaps (twice the scale) left the
+# KL of the ring of Gaussians at 0.09 and the circle's at 0.45.
+WAVELENGTH_GAPS = 37.0
 
 
 def fourier_scale(points: np.ndarray) -> float:

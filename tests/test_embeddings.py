@@ -81,7 +81,7 @@ def test_the_data_derived_scale_is_2_pi_over_its_gaps_on_a_grid():
 
 
 def test_the_data_derived_scale_is_high_for_dots_and_low_for_a_smooth_density():
-    # the dino's 142 jittered dots near the old default 200; 8000 draws of a Gaussian near 20
+    # the dino's 142 jittered dots near 100; 8000 draws of a Gaussian near 10
     dino = datasets.load("dino").train_set()[0]
     gaussian = np.random.default_rng(0).normal(size=(8000, 2))
-    assert 150 < fourier_scale(dino) < 250 and 10 < fourier_scale(gaussian) < 30
+    assert 70 < fourier_scale(dino) < 130 and 5 < fourier_scale(gaussian) < 15
