@@ -26,6 +26,9 @@ rows of the Jacobian, where image models must estimate it (Hutchinson's trick).
   data's non-Gaussian shape, shrunk by the noise: its error, the KL between the two, falls as
   (var / sigma_max^2)^2 (1e-4 nats for the dino at sigma_max = 10, against its exact density).
 - Classes: the likelihood is the unconditional one, p(x) of the null class.
+- Test densities (TEST_DENSITIES): a correlated Gaussian, 8 Gaussians on a ring and a swiss
+  roll, with their log densities, written as .csv files to train on like a user's own:
+  figures.py --likelihood measures KL(data || model) on them and on the built-in shapes.
 
     python likelihood.py exps/base                  # the NLL of a run's model
     python likelihood.py --exact --dataset dino     # the same ODE with the exact denoiser
