@@ -34,7 +34,9 @@ COLUMNS = 6  # saved epochs shown per row
 def _shown(key: str, value) -> str:
     """An option's value as a folder name shows it: a checkpoint or a teacher (--reflow) by its
     run's folder (past 40 characters by their digest: a chain of teachers stays a short name), a
-    list comma-joined."""
+    dataset file by its name, a list comma-joined."""
+    if key == "dataset" and value.endswith(datasets.FILE_SUFFIXES):
+        return Path(value).name
     if key in ("checkpoint", "reflow"):
         name = Path(value).parent.name
         return name if len(name) <= 40 else hashlib.sha256(name.encode()).hexdigest()[:12]
@@ -59,11 +61,12 @@ def run_once(args: list[str], exps_dir: Path) -> Path:
     name = run_name(args)
     out = exps_dir / name
     parser = ddpm.build_parser()
-    defaults, wanted = (
-        vars(parser.parse_args([])),
-        {k: v for k, v in vars(parser.parse_args(args)).items() if k not in checkpoints.RUN_FIELDS},
-    )
+    defaults, config = vars(parser.parse_args([])), vars(parser.parse_args(args))
+    wanted = {k: v for k, v in config.items() if k not in checkpoints.RUN_FIELDS}
     if (out / "metrics.json").is_file():
+        if wanted["input_scale"] == "auto":  # the run saved the number auto stands for
+            dataset = datasets.load(config["dataset"], config["data_dir"], config["held_out"])
+            wanted = options.resolve_input_scale(wanted, dataset)
         saved = json.loads((out / "config.json").read_text())
         # a run from before an option existed had its default then
         saved = checkpoints.LEGACY_CONFIG | saved

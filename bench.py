@@ -105,7 +105,8 @@ def main(argv=None) -> None:
         config = options.check_command_line(ddpm.build_parser(), run_args)[0]
     except options.UsageError as err:
         parser.error(f"--run_args: {err}")
-    run = ddpm.make_run(config, datasets.load("line"))
+    dataset = datasets.load("line")
+    run = ddpm.make_run(options.resolve_input_scale(config, dataset), dataset)
     data = run.data
     per_round = max(args.steps // ROUNDS, 1)
     batches = [torch.randint(0, len(data), (B,)) for _ in range(ROUNDS * (per_round + 1))]

@@ -204,6 +204,8 @@ def prepare(parser, argv, sampling_options) -> tuple[dict, datasets.Dataset, dic
     # the checkpoint's, if any
     dataset = datasets.load(config["dataset"], config["data_dir"], config["held_out"])
     options.check_dataset(config, dataset)
+    # a new run measures auto once: config.json and the checkpoint keep the number
+    config = options.resolve_input_scale(config, dataset)
     run_folder.check_writable(out_dir)
     if replacing:
         run_folder.clear(out_dir)

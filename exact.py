@@ -67,6 +67,12 @@ class GaussianMixture(nn.Module):
         chunks = [(x[i : i + rows], sigma2[i : i + rows]) for i in range(0, len(x), rows)]
         return torch.cat([self._log_joint(*chunk).logsumexp(dim=1) for chunk in chunks])
 
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """(n, 2) float64 draws: a component by its weight, then its Gaussian."""
+        k = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
+        eps = torch.randn(n, 2, dtype=torch.float64, generator=generator)
+        return self.means[k] + self.var[k].sqrt() * eps
+
     @property
     def has_density(self) -> bool:
         """False for an empirical distribution (std 0), whose log_prob at sigma = 0 is not one."""

@@ -4,8 +4,9 @@ with python figures.py --NAME (-h lists them). Each prints its seconds.
 Runs (or reuses) in exps/ the runs each part needs, then draws into static/: the default run's
 samples, process figure, animation and loss curve; the denoiser's field; paths per method; where
 each method trains; the method x NFE grid; the ablation grids; the density, reflow, guidance and
-discrete figures; and the tables of the defaults and the sampler study. The tables go to
-exps/ablations/.
+discrete figures; and the tables of the defaults, the sampler study and the likelihood on every
+dataset (with three smooth .csv files of known density, written to exps/data/). The tables go
+to exps/ablations/.
 """
 
 import argparse
@@ -400,6 +401,81 @@ def density_figure(exps_dir: Path, path: Path) -> str:
     # higher where a grid point falls on one)
     plots.save_densities(images, samples, titles, path, top_value=images[0].max())
     return ablate.write_table(rows, exps_dir / "ablations" / "likelihood")
+
+
+# The default run's likelihood on every dataset: the built-in shapes, whose densities are closed
+# forms (exact.py), and smooth .csv files of known density (likelihood.TEST_DENSITIES), trained
+# on as a user's own file is.
+LIKELIHOOD_DATASETS = ["dino", "moons", "line", "circle", *likelihood.TEST_DENSITIES]
+LIKELIHOOD_SEEDS = ["0", "1", "2"]
+
+
+def _truth(name: str, seed: int) -> tuple:
+    """(density, x (n, 2)): a dataset's closed-form density and NLL_POINTS fresh true points, a
+    shape's held-out draws or a test density's own."""
+    if name in likelihood.TEST_DENSITIES:
+        seed += likelihood.TEST_SEED + 1  # draws the file's rows never came from
+        x = likelihood.density_draws(name, likelihood.NLL_POINTS, seed).float()
+        return likelihood.TEST_DENSITIES[name](), x
+    dataset = datasets.load(name)
+    x = torch.from_numpy(dataset.unseen(likelihood.NLL_POINTS, likelihood.NLL_SEED + seed)[0])
+    return likelihood.closed_form(dataset), x
+
+
+def _mean_and_error(values: torch.Tensor) -> tuple[float, float]:
+    """The mean of (n,) values and its standard error."""
+    return values.mean().item(), (values.std() / len(values) ** 0.5).item()
+
+
+def likelihood_scores(run: Path, truth: tuple) -> dict:
+    """A run's metrics.json with its NLL, KL(data || model) and the limit, the true -log p
+    (each a mean over the points of truth = _truth(...), with its standard error), in nats. The
+    exact denoiser's NLL through the same ODE is that limit to the solver's error (KL 0.000 on the
+    dino, RESULTS.md), at up to 100x a run's cost on the 4000-Gaussian moons and circle."""
+    density, x = truth
+    nll = likelihood.run_nll(likelihood.load_run(run / "model.pth")[0])(x).double()  # (n,)
+    log_p = density.log_prob(x)  # (n,)
+    scores = {"nll": nll, "kl": nll + log_p, "limit": -log_p}  # KL paired per point: low noise
+    return ablate.score(run) | {key: _mean_and_error(v) for key, v in scores.items()}
+
+
+def _plus_minus(runs: list[dict], key: str) -> str:
+    """The mean over runs of each one's (mean, standard error), with the error of that mean."""
+    means, errors = zip(*(m[key] for m in runs))
+    return f"{np.mean(means):.3f} ± {np.linalg.norm(errors) / len(runs):.3f}"
+
+
+def likelihood_row(name: str, runs: list[dict]) -> dict:
+    """A table row of a dataset's runs (likelihood_scores, one per seed): NLL, KL and the limit,
+    means over seeds with standard errors; each seed's KL; W2 ratio / precision / recall."""
+    mean, worst = _mean_and_worst(runs)
+    row = {
+        "dataset": name,
+        "NLL": _plus_minus(runs, "nll"),
+        "KL(data ‖ model)": _plus_minus(runs, "kl"),
+    }
+    row["KL per seed"] = ", ".join(f"{m['kl'][0]:.3f}" for m in runs)
+    row["limit: true -log p"] = _plus_minus(runs, "limit")
+    row |= {"W2 ratio / P / R, mean": mean, "worst": worst}
+    return row | {"off-support": _off_support(runs) if "off_support_fraction" in runs[0] else ""}
+
+
+def likelihood_table(exps_dir: Path) -> str:
+    """The default run of every LIKELIHOOD_DATASETS at each seed: its NLL and KL(data || model)
+    on fresh true points beside the limit (the true -log p of the same points: the entropy),
+    with W2 ratio / precision / recall, so that likelihood bought with sharpness shows.
+    Markdown, also in exps/ablations/likelihood_datasets.md."""
+    rows = []
+    for name in LIKELIHOOD_DATASETS:
+        spec = name
+        if name in likelihood.TEST_DENSITIES:
+            spec = str(likelihood.write_test_csv(name, exps_dir / "data"))
+        runs = []
+        for seed in LIKELIHOOD_SEEDS:
+            run = ablate.run_once(["--dataset", spec, "--seed", seed], exps_dir)
+            runs.append(likelihood_scores(run, _truth(name, int(seed))))
+        rows.append(likelihood_row(name, runs))
+    return ablate.write_table(rows, exps_dir / "ablations" / "likelihood_datasets")
 
 
 def draw_headline(dino: Path) -> None:
@@ -875,6 +951,11 @@ PARTS = {
         "the tables of the default run on every dataset and seed beside the exact denoiser, and "
         "of the sampler settings on the same checkpoints",
         defaults_tables,
+    ),
+    "likelihood": (
+        "the table of NLL and KL(data || model) of the default run on every dataset, beside "
+        "the limit, with W2 ratio / precision / recall (seeds 0-2)",
+        likelihood_table,
     ),
     "guidance": ("the guidance figure and table (a conditional model)", guidance_sweep),
     "discrete": (

@@ -26,6 +26,9 @@ rows of the Jacobian, where image models must estimate it (Hutchinson's trick).
   data's non-Gaussian shape, shrunk by the noise: its error, the KL between the two, falls as
   (var / sigma_max^2)^2 (1e-4 nats for the dino at sigma_max = 10, against its exact density).
 - Classes: the likelihood is the unconditional one, p(x) of the null class.
+- Test densities (TEST_DENSITIES): a correlated Gaussian, 8 Gaussians on a ring and a swiss
+  roll, with their log densities, written as .csv files to train on like a user's own:
+  figures.py --likelihood measures KL(data || model) on them and on the built-in shapes.
 
     python likelihood.py exps/base                  # the NLL of a run's model
     python likelihood.py --exact --dataset dino     # the same ODE with the exact denoiser
@@ -140,6 +143,67 @@ def closed_form(dataset) -> exact.GaussianMixture | None:
     return density if density.has_density else None
 
 
+# Smooth test data whose log density is known, as .csv files a run trains on like a user's own:
+# on them KL(data || model) is measured against fresh draws of the generator itself.
+TEST_ROWS, TEST_SEED = 8000, 31  # the file's rows; fresh draws use TEST_SEED + 1 + seed
+
+
+class Gaussian:
+    """N(mean, cov) in 2D with a full covariance (cov = L L^T), in float64."""
+
+    def __init__(self, mean, cov):
+        self.mean = torch.as_tensor(mean, dtype=torch.float64)  # (2,)
+        self.L = torch.linalg.cholesky(torch.as_tensor(cov, dtype=torch.float64))  # (2, 2)
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return self.mean + torch.randn(n, 2, dtype=torch.float64, generator=generator) @ self.L.T
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """(n,) log N(x; mean, L L^T): the Mahalanobis norm through a triangular solve."""
+        z = torch.linalg.solve_triangular(self.L, (x.double() - self.mean).T, upper=False)
+        return -0.5 * z.square().sum(0) - self.L.diagonal().log().sum() - math.log(2 * math.pi)
+
+
+def correlated_gaussian() -> Gaussian:
+    """Stds 2 and 1, correlation 0.8, off the origin."""
+    return Gaussian([1.0, -2.0], [[4.0, 1.6], [1.6, 1.0]])
+
+
+def gaussian_ring(k: int = 8, radius: float = 2.0, std: float = 0.25) -> exact.GaussianMixture:
+    """k equal Gaussians of std `std` evenly around a circle (the GAN papers' "8 Gaussians")."""
+    angle = torch.arange(k, dtype=torch.float64) * 2 * math.pi / k
+    centres = radius * torch.stack((angle.cos(), angle.sin()), 1)  # (k, 2)
+    return exact.GaussianMixture(torch.ones(k), centres, torch.full((2,), std))
+
+
+def swiss_roll(arc_points: int = 4000, noise: float = 0.4) -> exact.GaussianMixture:
+    """A curved 1-D manifold with noise: scikit-learn's make_swiss_roll in the plane, (t cos t,
+    t sin t) for t uniform in [1.5 pi, 4.5 pi], plus Gaussian noise. t takes arc_points midpoints,
+    0.022 apart along the 89-long arc at most (1/18 of the noise): the mixture is the roll's
+    density to a fine approximation, and its draws are the roll's."""
+    t = 1.5 * math.pi * (1 + 2 * (torch.arange(arc_points, dtype=torch.float64) + 0.5) / arc_points)
+    arc = torch.stack((t * t.cos(), t * t.sin()), 1)  # (K, 2)
+    return exact.GaussianMixture(torch.ones(arc_points), arc, torch.full((2,), noise))
+
+
+TEST_DENSITIES = {"gaussian": correlated_gaussian, "ring": gaussian_ring, "swiss_roll": swiss_roll}
+
+
+def density_draws(name: str, n: int, seed: int) -> torch.Tensor:
+    """(n, 2) float64 draws of a test density."""
+    return TEST_DENSITIES[name]().sample(n, torch.Generator().manual_seed(seed))
+
+
+def write_test_csv(name: str, folder: Path) -> Path:
+    """folder/<name>.csv: TEST_ROWS draws (seed TEST_SEED) of a test density, columns x,y."""
+    path = folder / f"{name}.csv"
+    rows = [f"{x:.9g},{y:.9g}" for x, y in density_draws(name, TEST_ROWS, TEST_SEED).tolist()]
+    text = "x,y\n" + "\n".join(rows) + "\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    run_folder.write_atomically(path, lambda f: f.write(text.encode()))
+    return path
+
+
 def nll_lines(model_nll, dataset, seed: int, solver: str) -> list[str]:
     """The NLL of held-out true points (model_nll: points (n, 2) -> (n,) -log p) and, where the
     dataset's density is known, its entropy H and KL(data || model), as lines of text."""
@@ -167,6 +231,18 @@ def nll_lines(model_nll, dataset, seed: int, solver: str) -> list[str]:
     return lines
 
 
+def exact_nll(dataset, data_dir: str | None = None, steps: int = STEPS):
+    """points (n, 2) -> (n,) -log p through the same ODE with the dataset's exact denoiser, from a
+    run's default sigma_max: the solver's floor, against which a run's NLL is measured."""
+    shift, scale = torch.zeros(2), torch.ones(2)
+    model = exact.denoiser_of(dataset, data_dir, shift, scale)
+    prior = moment_gaussian(torch.from_numpy(dataset.train_set()[0]))
+    sigma_max = ddpm.build_parser().get_default("sigma_max")  # as a run's default
+    return partial(
+        nll, model, None, prior=prior, shift=shift, scale=scale, sigma_max=sigma_max, steps=steps
+    )
+
+
 def report(args) -> list[str]:
     """nll_lines for the run at args.path, or for the exact denoiser of args.dataset."""
     steps = args.steps
@@ -174,20 +250,8 @@ def report(args) -> list[str]:
         dataset = datasets.load(args.dataset, args.data_dir)
         if closed_form(dataset) is None:
             raise options.UsageError("--exact needs a dataset with a closed-form density: a shape")
-        shift, scale = torch.zeros(2), torch.ones(2)
-        model = exact.denoiser_of(dataset, args.data_dir, shift, scale)
-        prior = moment_gaussian(torch.from_numpy(dataset.train_set()[0]))
-        sigma_max = ddpm.build_parser().get_default("sigma_max")  # as a run's default
-        model_nll = partial(
-            nll,
-            model,
-            None,
-            prior=prior,
-            shift=shift,
-            scale=scale,
-            sigma_max=sigma_max,
-            steps=steps,
-        )
+        model_nll = exact_nll(dataset, args.data_dir, steps)
+        sigma_max = ddpm.build_parser().get_default("sigma_max")
     else:
         path = args.path / "model.pth" if args.path.is_dir() else args.path
         run, dataset = load_run(path, args.data_dir)

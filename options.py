@@ -13,7 +13,12 @@ from pathlib import Path
 import torch
 
 import datasets
-from positional_embeddings import INPUT_EMBEDDINGS, TIME_EMBEDDINGS
+from positional_embeddings import (
+    INPUT_EMBEDDINGS,
+    TIME_EMBEDDINGS,
+    WAVELENGTH_GAPS,
+    fourier_scale,
+)
 
 PROJECT_DIR = Path(__file__).resolve().parent
 
@@ -68,6 +73,19 @@ def positive(kind):
         return value
 
     parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def auto_or(kind):
+    """An argparse type: the word auto, or a number that `kind` accepts."""
+
+    def parse(text: str):
+        try:
+            return "auto" if text == "auto" else kind(text)
+        except argparse.ArgumentTypeError as err:
+            raise argparse.ArgumentTypeError(f"{err} (or auto)") from None
+
+    parse.__name__ = f"auto or {kind.__name__}"
     return parse
 
 
@@ -247,11 +265,14 @@ def build_parser(choices: dict) -> ArgumentParser:
     )
     advanced.add_argument(
         "--input_scale",
-        type=positive(float),
+        type=auto_or(positive(float)),
         default=200.0,
         help="the highest frequency of the embedding of x and y, in radians per unit "
         "of the data as trained (Tancik et al. 2020's Fourier-feature scale): higher lets the MLP "
-        "draw finer detail",
+        "draw finer detail, and roughens a smooth density. auto: from the training points' "
+        f"spacing, 2 pi over {WAVELENGTH_GAPS:g} times the median gap to a nearest neighbour (in "
+        "stds): about 100 for the dino's dots, 10 for a smooth Gaussian of 8000 points "
+        "(RESULTS.md, the likelihood); config.json keeps the number",
     )
     guidance.add_argument(
         "--cond_drop_prob",
@@ -500,6 +521,13 @@ def check_dataset(config: dict, dataset: datasets.Dataset) -> None:
         )
     if resolve_device(config["device"]).type == "cpu" and hasattr(os, "sysconf"):
         check_memory(config)  # on a GPU torch raises its out-of-memory error in time
+
+
+def resolve_input_scale(config: dict, dataset: datasets.Dataset) -> dict:
+    """The config with --input_scale auto replaced by its number, from the training points."""
+    if config["input_scale"] != "auto":
+        return config
+    return config | {"input_scale": round(fourier_scale(dataset.train_set()[0]), 1)}
 
 
 def resolve_device(name: str) -> torch.device:

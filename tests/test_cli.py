@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from conftest import PROJECT_DIR
 
+import datasets
 import evaluate
+import positional_embeddings
 
 TINY = [
     "--num_epochs",
@@ -58,7 +60,14 @@ def test_help_groups_the_options_and_shows_each_default_once():
 
 
 @pytest.mark.parametrize(
-    "args", [["--dataset", "spiral"], ["--no_such_option"], ["--train_batch_size", "0"]]
+    "args",
+    [
+        ["--dataset", "spiral"],
+        ["--no_such_option"],
+        ["--train_batch_size", "0"],
+        ["--input_scale", "big"],
+        ["--input_scale", "-3"],
+    ],
 )
 def test_bad_input_is_a_one_line_error(args):
     result = ddpm(*args)
@@ -78,6 +87,8 @@ def test_a_tiny_run_writes_every_output_and_beats_pure_noise(tmp_path):
         str(tmp_path),
         "--experiment_name",
         "tiny",
+        "--input_scale",
+        "auto",
         *TINY,
         cwd=tmp_path,
     )
@@ -98,6 +109,10 @@ def test_a_tiny_run_writes_every_output_and_beats_pure_noise(tmp_path):
     assert frames.shape == (3, 500, 2)  # epochs 0, 4 and the last, 7
     assert losses.shape == (8 * 32,) and losses[-32:].mean() < losses[:32].mean()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert json.loads((out / "config.json").read_text())["dataset"] == "line"
+    config = json.loads((out / "config.json").read_text())
+    assert config["dataset"] == "line"
+    # --input_scale auto is kept as the number it stood for
+    line = datasets.load("line").train_set()[0]
+    assert config["input_scale"] == round(positional_embeddings.fourier_scale(line), 1)
     noise = evaluate.evaluate(np.random.default_rng(0).normal(size=(500, 2)), "line")
     assert metrics["w2_ratio"] < noise["w2_ratio"] / 2

@@ -1,13 +1,17 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
+import datasets
 import ddpm
 from positional_embeddings import (
     EMBEDDINGS,
+    WAVELENGTH_GAPS,
     DirectionalEmbedding,
     SinusoidalEmbedding,
+    fourier_scale,
     make_embedding,
 )
 
@@ -61,3 +65,23 @@ def test_the_denoiser_predicts_one_eps_per_point(time_embedding, input_embedding
         input_embedding=input_embedding,
     )
     assert model(torch.randn(5, 2), torch.randint(0, 50, (5,))).shape == (5, 2)
+
+
+def test_the_data_derived_scale_is_2_pi_over_its_gaps_on_a_grid():
+    # A 20 x 10 grid of steps 1 (x) and 3 (y): divided by their stds, sqrt(399 / 12) and
+    # 3 sqrt(99 / 12), an x step (0.173) is shorter than a y step (0.348): every point's nearest
+    # neighbour is an x step away, so the median gap is 1 / std_x.
+    x, y = np.meshgrid(np.arange(20.0), 3 * np.arange(10.0))
+    grid = np.stack((x.ravel(), y.ravel()), 1)  # (200, 2)
+    expected = 2 * math.pi / (WAVELENGTH_GAPS / math.sqrt(399 / 12))
+    assert fourier_scale(grid) == pytest.approx(expected, rel=1e-9)
+    # shifted and stretched per axis, or with every point twice: the same scale
+    assert fourier_scale(grid * [7.0, -0.5] + [100.0, 3.0]) == pytest.approx(expected, rel=1e-9)
+    assert fourier_scale(np.concatenate((grid, grid))) == pytest.approx(expected, rel=1e-9)
+
+
+def test_the_data_derived_scale_is_high_for_dots_and_low_for_a_smooth_density():
+    # the dino's 142 jittered dots near 100; 8000 draws of a Gaussian near 10
+    dino = datasets.load("dino").train_set()[0]
+    gaussian = np.random.default_rng(0).normal(size=(8000, 2))
+    assert 70 < fourier_scale(dino) < 130 and 5 < fourier_scale(gaussian) < 15

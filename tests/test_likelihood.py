@@ -129,3 +129,44 @@ def test_the_nll_command_runs_on_one_thread_unless_omp_num_threads_says(
     monkeypatch.setattr(likelihood, "report", report)
     assert likelihood.main(["exps/any"]) == 0
     assert threads == [1 if omp_num_threads is None else 2]
+
+
+def test_the_correlated_gaussian_is_its_closed_form():
+    gaussian = likelihood.correlated_gaussian()
+    x = likelihood.density_draws("gaussian", 20_000, 0)
+    cov = torch.tensor([[4.0, 1.6], [1.6, 1.0]], dtype=torch.float64)
+    assert torch.allclose(x.mean(0), torch.tensor([1.0, -2.0], dtype=torch.float64), atol=0.03)
+    assert torch.allclose(x.T.cov(), cov, atol=0.08)
+    independent = torch.distributions.MultivariateNormal(gaussian.mean, cov)
+    assert torch.allclose(gaussian.log_prob(x[:100]), independent.log_prob(x[:100]))
+    # its entropy, 1 + log 2 pi + log det / 2, is the mean -log p of its draws
+    entropy = 1 + math.log(2 * math.pi) + cov.logdet().item() / 2
+    assert abs(-gaussian.log_prob(x).mean().item() - entropy) < 0.03
+
+
+@pytest.mark.parametrize("name", ["ring", "swiss_roll"])
+def test_each_test_mixture_is_a_density_its_draws_follow(name):
+    # the swiss roll with 400 of its 4000 points along the arc, 0.22 apart: as smooth, 10x faster
+    density = likelihood.swiss_roll(400) if name == "swiss_roll" else likelihood.gaussian_ring()
+    # cells 0.125 wide, half the components' std, over all the mass: a Riemann sum of smooth
+    # Gaussians this fine is exact to far below the tolerances
+    edges = torch.linspace(-16, 16, 257, dtype=torch.float64)
+    centres = (edges[1:] + edges[:-1]) / 2
+    grid = torch.stack(torch.meshgrid(centres, centres, indexing="xy"), -1).reshape(-1, 2)
+    log_p = density.log_prob(grid)
+    assert abs(log_p.exp().sum().item() * 0.125**2 - 1) < 1e-3
+    # draws land where the density is: their mean -log p against a Riemann sum of the entropy
+    entropy = -(log_p.exp() * log_p).sum().item() * 0.125**2
+    x = density.sample(5000, torch.Generator().manual_seed(0))
+    assert abs(-density.log_prob(x).mean().item() - entropy) < 0.05
+
+
+def test_a_test_csv_is_a_file_dataset_of_its_rows(tmp_path):
+    path = likelihood.write_test_csv("ring", tmp_path)
+    first = path.read_bytes()
+    assert likelihood.write_test_csv("ring", tmp_path).read_bytes() == first  # the same rows
+    dataset = datasets.load(str(path))
+    points = dataset.train_set()[0]
+    assert dataset.is_file and len(points) + len(dataset.unseen(10**6, 0)[0]) == 8000
+    radii = (points**2).sum(1) ** 0.5  # eight Gaussians of std 0.25 on the circle of radius 2
+    assert abs(radii.mean() - 2) < 0.05
