@@ -407,7 +407,12 @@ def density_figure(exps_dir: Path, path: Path) -> str:
 # forms (exact.py), and smooth .csv files of known density (likelihood.TEST_DENSITIES), trained
 # on as a user's own file is.
 LIKELIHOOD_DATASETS = ["dino", "moons", "line", "circle", *likelihood.TEST_DENSITIES]
-LIKELIHOOD_SEEDS = ["0", "1", "2"]
+# A table each, (options, seeds): the defaults, and the candidate default, the Fourier scale
+# from the data (seed 0)
+LIKELIHOOD_OPTIONS = {
+    "defaults": ([], ["0", "1", "2"]),
+    "input_scale_auto": (["--input_scale", "auto"], ["0"]),
+}
 
 
 def _truth(name: str, seed: int) -> tuple:
@@ -460,22 +465,22 @@ def likelihood_row(name: str, runs: list[dict]) -> dict:
     return row | {"off-support": _off_support(runs) if "off_support_fraction" in runs[0] else ""}
 
 
-def likelihood_table(exps_dir: Path) -> str:
-    """The default run of every LIKELIHOOD_DATASETS at each seed: its NLL and KL(data || model)
-    on fresh true points beside the limit (the true -log p of the same points: the entropy),
-    with W2 ratio / precision / recall, so that likelihood bought with sharpness shows.
-    Markdown, also in exps/ablations/likelihood_datasets.md."""
-    rows = []
+def likelihood_table(exps_dir: Path, name: str = "defaults") -> str:
+    """The run of every LIKELIHOOD_DATASETS at each seed of LIKELIHOOD_OPTIONS[name]: its NLL
+    and KL(data || model) on fresh true points beside the limit (the true -log p of the same
+    points: the entropy), with W2 ratio / precision / recall, so that likelihood bought with
+    sharpness shows. Markdown, also in exps/ablations/likelihood_<name>.md."""
+    rows, (extra, seeds) = [], LIKELIHOOD_OPTIONS[name]
     for name in LIKELIHOOD_DATASETS:
         spec = name
         if name in likelihood.TEST_DENSITIES:
             spec = str(likelihood.write_test_csv(name, exps_dir / "data"))
         runs = []
-        for seed in LIKELIHOOD_SEEDS:
-            run = ablate.run_once(["--dataset", spec, "--seed", seed], exps_dir)
+        for seed in seeds:
+            run = ablate.run_once(["--dataset", spec, "--seed", seed, *extra], exps_dir)
             runs.append(likelihood_scores(run, _truth(name, int(seed))))
         rows.append(likelihood_row(name, runs))
-    return ablate.write_table(rows, exps_dir / "ablations" / "likelihood_datasets")
+    return ablate.write_table(rows, exps_dir / "ablations" / f"likelihood_{name}")
 
 
 def draw_headline(dino: Path) -> None:
@@ -953,9 +958,11 @@ PARTS = {
         defaults_tables,
     ),
     "likelihood": (
-        "the table of NLL and KL(data || model) of the default run on every dataset, beside "
-        "the limit, with W2 ratio / precision / recall (seeds 0-2)",
-        likelihood_table,
+        "the tables of NLL and KL(data || model) on every dataset, beside the limit, with W2 "
+        "ratio / precision / recall: the defaults (seeds 0-2) and --input_scale auto (seed 0)",
+        lambda exps_dir: "\n\n".join(
+            likelihood_table(exps_dir, name) for name in LIKELIHOOD_OPTIONS
+        ),
     ),
     "guidance": ("the guidance figure and table (a conditional model)", guidance_sweep),
     "discrete": (
