@@ -32,6 +32,8 @@ MODEL_FIELDS = (
     "input_scale",
     "reflow",
     "reflow_pairs",
+    "consistency",
+    "consistency_sigmas",
 )
 # Where and how, not what, is trained: never taken from a resumed run's config.
 RUN_FIELDS = (
@@ -64,6 +66,7 @@ LEGACY_CONFIG = {"method": "ddpm", "sigma_data": None, "input_scale": 25.0, "act
 LEGACY_CONFIG |= {"denoiser": "mlp", "held_out": 0.0}  # a file's runs trained on every row
 LEGACY_CONFIG |= {"block_norm": "none"}  # before the blocks were normalised
 LEGACY_CONFIG |= {"reflow": None, "reflow_pairs": None}  # no teacher
+LEGACY_CONFIG |= {"consistency": None, "consistency_sigmas": None}
 
 
 def state_of(run) -> dict:
@@ -110,6 +113,22 @@ def with_teacher(config: dict, explicit: dict, device: torch.device) -> dict:
         )
     fields = ("dataset", "held_out")
     return merge_config(config, explicit, teacher["config"], fields) | {"method": "flow"}
+
+
+def consistency_start(config: dict, explicit: dict, device: torch.device) -> tuple[dict, dict]:
+    """(config, checkpoint) of a consistency fine-tune (--consistency RUN): RUN's model and units,
+    an edm on RUN's dataset."""
+    if config["checkpoint"]:
+        raise options.UsageError("--consistency RUN starts from RUN's model: drop --checkpoint")
+    teacher = load(Path(config["consistency"]), device)
+    method = teacher["config"]["method"]
+    if method != "edm" or explicit.get("method", "edm") != "edm" or config["denoiser"] == "exact":
+        raise options.UsageError(
+            f"--consistency fine-tunes an edm run's denoiser (RUN is {method}): give an edm run, "
+            "and drop --method and --denoiser"
+        )
+    fields = [field for field in MODEL_FIELDS if field != "consistency"]
+    return merge_config(config, explicit, teacher["config"], fields), teacher
 
 
 def restore(run, checkpoint: dict, resume: bool) -> None:
@@ -202,6 +221,8 @@ def prepare(parser, argv, sampling_options) -> tuple[dict, datasets.Dataset, dic
     out_dir = Path(config["exps_dir"]) / config["experiment_name"]
     replacing = not config["resume"] and out_dir.is_dir() and any(out_dir.iterdir())
     config, checkpoint = starting_point(config, explicit, device)
+    if "consistency" in explicit and not config["resume"]:  # RUN's model, fine-tuned
+        config, checkpoint = consistency_start(config, explicit, device)
     if config["reflow"] and "pairs" not in (checkpoint or {}):  # the pairs are still to draw
         config = with_teacher(config, explicit, device)
     options.check_grid(config, sampling_options(config))
