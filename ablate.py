@@ -32,10 +32,10 @@ COLUMNS = 6  # saved epochs shown per row
 
 
 def _shown(key: str, value) -> str:
-    """An option's value as a folder name shows it: a checkpoint or a teacher (--reflow) by its
-    run's folder (past 40 characters by their digest: a chain of teachers stays a short name), a
-    list comma-joined."""
-    if key in ("checkpoint", "reflow"):
+    """An option's value as a folder name shows it: a checkpoint or a teacher (--reflow,
+    --consistency) by its run's folder (past 40 characters by their digest: a chain of teachers
+    stays a short name), a list comma-joined."""
+    if key in ("checkpoint", "reflow", "consistency"):
         name = Path(value).parent.name
         return name if len(name) <= 40 else hashlib.sha256(name.encode()).hexdigest()[:12]
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
@@ -59,10 +59,12 @@ def run_once(args: list[str], exps_dir: Path) -> Path:
     name = run_name(args)
     out = exps_dir / name
     parser = ddpm.build_parser()
-    defaults, wanted = (
-        vars(parser.parse_args([])),
-        {k: v for k, v in vars(parser.parse_args(args)).items() if k not in checkpoints.RUN_FIELDS},
-    )
+    # the config ddpm.py saves (a teacher's own defaults in), but for what it keeps of a run: a
+    # checkpoint's model fields come from the checkpoint, its name already says which
+    config = options.check_command_line(parser, args)[0]
+    kept = (*checkpoints.RUN_FIELDS, *(checkpoints.MODEL_FIELDS if config["checkpoint"] else ()))
+    defaults = vars(parser.parse_args([]))
+    wanted = {k: v for k, v in config.items() if k not in (*kept, "consistency_sigmas")}
     if (out / "metrics.json").is_file():
         saved = json.loads((out / "config.json").read_text())
         # a run from before an option existed had its default then

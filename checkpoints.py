@@ -118,8 +118,6 @@ def with_teacher(config: dict, explicit: dict, device: torch.device) -> dict:
 def consistency_start(config: dict, explicit: dict, device: torch.device) -> tuple[dict, dict]:
     """(config, checkpoint) of a consistency fine-tune (--consistency RUN): RUN's model and units,
     an edm on RUN's dataset."""
-    if config["checkpoint"]:
-        raise options.UsageError("--consistency RUN starts from RUN's model: drop --checkpoint")
     teacher = load(Path(config["consistency"]), device)
     method = teacher["config"]["method"]
     if method != "edm" or explicit.get("method", "edm") != "edm" or config["denoiser"] == "exact":

@@ -478,6 +478,8 @@ def check_command_line(parser: argparse.ArgumentParser, argv) -> tuple[dict, dic
         raise UsageError("--reflow_pairs is the number of pairs of --reflow RUN: give both")
     if config["reflow"] and config["consistency"]:
         raise UsageError("--reflow and --consistency train two different students: give one")
+    if config["consistency"] and config["checkpoint"]:
+        raise UsageError("--consistency RUN starts from RUN's model: drop --checkpoint")
     for teacher in ("reflow", "consistency"):  # a run folder means its model.pth
         if config[teacher]:
             path = Path(config[teacher])
