@@ -465,8 +465,7 @@ def sde_step(D, x, sigma, sigma_next, noise):
 
 
 def consistency_step(D, x, sigma, sigma_next, noise):
-    """Multistep consistency sampling (Song et al. 2023, Alg. 1): x_0 = D(x; sigma) in one jump,
-    then noised afresh to the next level (lines 4-5, their eps = 0); the last lands on x_0."""
+    """Song et al. 2023, Alg. 1 (multistep consistency sampling): x_0 = D(x; sigma), then noise."""
     return D(x, sigma) + (sigma_next * noise() if sigma_next else 0)
 
 
@@ -686,8 +685,7 @@ def is_frame_epoch(epoch: int, config: dict) -> bool:
 
 
 def frame_points(run: Run, seed: int, **options) -> torch.Tensor:
-    """eval_batch_size points (n, 2) from seed, of the EMA weights (or the exact denoiser) with the
-    run's sampler (or options), start, classes and clipping."""
+    """eval_batch_size points (n, 2) of the frames' D from seed: the run's sampler, or options."""
     config, generator = run.config, torch.Generator(run.data.device).manual_seed(seed)
     clip_range, n = run.clip_range if config["clip_x0"] else None, config["eval_batch_size"]
     sampling = {"clip_range": clip_range, "c": run.frame_classes, "start_moments": run.moments}
@@ -811,9 +809,8 @@ def path_straightness(run: Run) -> float:
 
 
 # ----------------------------------------------------------------------------- 11. Consistency
-# A consistency model (Song et al. 2023) sends any x on an ODE path to its end x_0 in one jump:
-# D(x_0 + t eps; t) = D(x_0 + r eps; r), r < t, and D(x; 0) = x (EDM's c_skip = 1, c_out = 0).
-# --consistency RUN fine-tunes RUN's D so, ECT-style (Geng et al. 2024): x_0 + r eps for the ODE.
+# A consistency model (Song et al. 2023) jumps from any x on an ODE path to the path's end x_0:
+# D(x_0 + t eps; t) = D(x_0 + r eps; r), r < t, D(x; 0) = x; --consistency RUN tunes RUN's D so.
 STAGES = 4  # the gap t - r halves at each (Geng et al. 2024, sec. 3.2, q = 2)
 LEVELS = [(first, last) for first in (10, 5, 2, 1, 0.5) for last in (0.02, 0.05, 0.1, 0.2, 0.5)]
 
@@ -831,27 +828,30 @@ def consistency_loss(run: Run, model, method, x_0, c=None, cond_drop_prob=0.0, e
         c = torch.where(torch.rand(len(c), device=c.device) < cond_drop_prob, model.num_classes, c)
     D_t = method.D_theta(model, x_0 + t[:, None] * eps, t, c)
     with torch.no_grad():  # sg: the same network's target, without its gradient
+        # D(x; 0) = x: at r = 0, taken as 1e-12, c_skip = 1 and c_out ~ 1e-12 in float32
         D_r = method.D_theta(model, x_0 + r[:, None] * eps, r.clamp(min=1e-12), c)
-        D_r = torch.where(r[:, None] > 0, D_r, x_0)  # D(x; 0) = x exactly
     huber_c = 0.00054 * math.sqrt(2)
     return (((((D_t - D_r) ** 2).sum(-1) + huber_c**2).sqrt() - huber_c) / (t - r)).mean()
 
 
 def consistency_frame(run: Run) -> None:
     """A frame (sample_frame); after the last epoch, first the levels it keeps for N = 1, 2, 4, 8
-    steps: rho = 7 ones (Karras et al. 2022, eq. 5) between the candidates (LEVELS) that score the
-    best precision + recall against 1000 training points, from other noise than the frames'."""
+    steps: rho = 7 ones (Karras et al. 2022, eq. 5) between the candidates (LEVELS) that score
+    best against training points (precision + recall - W2 ratio), from other noise than frames'."""
     if run.epoch < run.config["num_epochs"] - 1:
         return sample_frame(run)
     generator, sigmas = torch.Generator(run.data.device).manual_seed(run.config["seed"] + 1), {}
-    reference = run.data[torch.randperm(len(run.data), generator=generator)[:1000]].cpu().numpy()
+    reference = run.data[torch.randperm(len(run.data), generator=generator)].cpu().numpy()
+    m = min(500, len(reference) // 2, run.config["eval_batch_size"])  # W2's points (O(m^3))
+    floor = evaluate.wasserstein2(reference[:m], reference[m : 2 * m])
     for N in (1, 2, 4, 8):
         scores = {}
         for first, last in LEVELS:
             levels = karras_grid(N, last, min(first, run.method.sigma_max)).tolist()
             run.method.levels = {str(N): levels}
             x = frame_points(run, run.config["seed"] + 1, num_inference_steps=N).cpu().numpy()
-            scores[tuple(levels)] = sum(evaluate.precision_recall(x, reference))
+            w2_ratio = evaluate.wasserstein2(x[:m], reference[:m]) / floor
+            scores[tuple(levels)] = sum(evaluate.precision_recall(x, reference[:1000])) - w2_ratio
         sigmas[str(N)] = [round(sigma, 6) for sigma in max(scores, key=scores.get)]
     run.config["consistency_sigmas"] = run.method.levels = sigmas
     sample_frame(run)
