@@ -323,11 +323,7 @@ class EDM:
 class Consistency(EDM):
     """EDM's D fine-tuned into a consistency model (section 11), levels {str(N): N levels}."""
 
-    grid, sampler, steps, s_churn = "stored", "consistency", 2, 0.0
-
-    def __init__(self, levels: dict | None, *edm):
-        super().__init__(*edm)
-        self.levels = levels or {}
+    grid, sampler, steps, s_churn, levels = "stored", "consistency", 2, 0.0, {}
 
 
 METHODS = {"ddpm": DDPM, "flow": Flow, "edm": EDM}
@@ -568,8 +564,11 @@ def make_method(config: dict, sigma_data: float, device="cpu"):
         return DDPM(betas.to(device), *levels)
     if config["method"] == "flow":
         return Flow(config["flow_t"], *levels)
-    edm = sigma_data, config["P_mean"], config["P_std"], *levels
-    return Consistency(config["consistency_sigmas"], *edm) if config["consistency"] else EDM(*edm)
+    method = (Consistency if config["consistency"] else EDM)(
+        sigma_data, config["P_mean"], config["P_std"], *levels
+    )
+    method.levels = config.get("consistency_sigmas") or {}  # a consistency run's, section 11
+    return method
 
 
 # The options that say what network a run trains: MLP's arguments, by the same names.
@@ -812,7 +811,8 @@ def path_straightness(run: Run) -> float:
 # A consistency model (Song et al. 2023) jumps from any x on an ODE path to the path's end x_0:
 # D(x_0 + t eps; t) = D(x_0 + r eps; r), r < t, D(x; 0) = x; --consistency RUN tunes RUN's D so.
 STAGES = 4  # the gap t - r halves at each (Geng et al. 2024, sec. 3.2, q = 2)
-LEVELS = [(first, last) for first in (10, 5, 2, 1, 0.5) for last in (0.02, 0.05, 0.1, 0.2, 0.5)]
+# the search's (first, last) levels: a first one above ~sigma_data, where the Gaussian start fits
+LEVELS = [(first, last) for first in (10, 5, 2) for last in (0.02, 0.05, 0.1, 0.2, 0.5)]
 
 
 def consistency_loss(run: Run, model, method, x_0, c=None, cond_drop_prob=0.0, eps=None):

@@ -19,7 +19,9 @@ S = 0.5  # the data: N(0, S^2 I), and sigma_data = S
 
 def gaussian_consistency(levels=None) -> ddpm.Consistency:
     """The Consistency method of N(0, S^2 I) (sigma_data = S), sampling up to sigma_max = 10."""
-    return ddpm.Consistency(levels, S, -0.5, 2.0, 0.002, 10.0)
+    method = ddpm.Consistency(S, -0.5, 2.0, 0.002, 10.0)
+    method.levels = levels or {}
+    return method
 
 
 def ode_map(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
