@@ -72,25 +72,35 @@ LEGACY_CONFIG |= {"consistency": None, "consistency_sigmas": None}
 def state_of(run) -> dict:
     """The checkpoint of a ddpm.Run: everything it needs to continue where it is."""
     steps = run.epoch * run.batches_per_epoch
-    return {
-        "config": run.config,
-        "epoch": run.epoch,
-        "model": run.model.state_dict(),
-        "ema": run.ema.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "lr_schedule": run.lr_schedule.state_dict() if run.lr_schedule else None,
-        "rng": torch.get_rng_state(),
-        "clip_range": run.clip_range.cpu(),
-        "losses": run.losses[:steps].cpu(),
-        "frames": torch.stack(run.frames)
-        if run.frames
-        else torch.zeros(0, run.config["eval_batch_size"], 2),
-        "frame_epochs": run.frame_epochs,
-        "classes": run.classes,
-        "shift": run.shift,
-        "scale": run.scale,
-        "sigma_data": run.sigma_data,
-    } | ({"pairs": _on_cpu(run.pairs)} if run.pairs else {})
+    return (
+        {
+            "config": run.config,
+            "epoch": run.epoch,
+            "model": run.model.state_dict(),
+            "ema": run.ema.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "lr_schedule": run.lr_schedule.state_dict() if run.lr_schedule else None,
+            "rng": torch.get_rng_state(),
+            "clip_range": run.clip_range.cpu(),
+            "losses": run.losses[:steps].cpu(),
+            "frames": torch.stack(run.frames)
+            if run.frames
+            else torch.zeros(0, run.config["eval_batch_size"], 2),
+            "frame_epochs": run.frame_epochs,
+            "classes": run.classes,
+            "shift": run.shift,
+            "scale": run.scale,
+            "sigma_data": run.sigma_data,
+        }
+        | ({"pairs": _on_cpu(run.pairs)} if run.pairs else {})
+        | _teacher(run)
+    )
+
+
+def _teacher(run) -> dict:
+    """A consistency run's teacher's config (restore keeps it), as reflow's pairs keep theirs."""
+    teacher = getattr(run, "teacher", None)
+    return {"teacher": teacher} if teacher else {}
 
 
 def _on_cpu(pairs: dict) -> dict:
@@ -126,7 +136,9 @@ def consistency_start(config: dict, explicit: dict, device: torch.device) -> tup
             "and drop --method and --denoiser"
         )
     fields = [field for field in MODEL_FIELDS if field != "consistency"]
-    return merge_config(config, explicit, teacher["config"], fields), teacher
+    return merge_config(config, explicit, teacher["config"], fields), teacher | {
+        "teacher": teacher["config"]
+    }
 
 
 def restore(run, checkpoint: dict, resume: bool) -> None:
@@ -135,6 +147,7 @@ def restore(run, checkpoint: dict, resume: bool) -> None:
     run.model.load_state_dict(checkpoint["model"])
     run.ema.load_state_dict(checkpoint["ema"])
     run.clip_range = checkpoint["clip_range"].to(run.data.device)
+    run.teacher = checkpoint.get("teacher")  # a consistency run's (consistency_start)
     if not resume:
         return
     run.optimizer.load_state_dict(checkpoint["optimizer"])

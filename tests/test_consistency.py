@@ -143,6 +143,7 @@ def test_a_consistency_run_stores_its_levels_resumes_and_samples_again(tmp_path,
             assert levels == pytest.approx(grid, abs=1e-6)
     teacher = torch.load(tmp_path / "t" / "model.pth")
     assert torch.equal(resumed["shift"], teacher["shift"])  # the teacher's units
+    assert resumed["teacher"] == teacher["config"] == whole["teacher"]  # and its config
     again = ["--checkpoint", str(tmp_path / "ct" / "model.pth"), "--num_epochs", "0"]
     assert ddpm.main(run_args(tmp_path, *again, "--num_inference_steps", "4", "--overwrite")) == 0
     metrics = json.loads((tmp_path / "base" / "metrics.json").read_text())
