@@ -131,10 +131,8 @@ def consistency_start(config: dict, explicit: dict, device: torch.device) -> tup
     teacher = load(Path(config["consistency"]), device)
     method = teacher["config"]["method"]
     if method != "edm" or explicit.get("method", "edm") != "edm" or config["denoiser"] == "exact":
-        raise options.UsageError(
-            f"--consistency fine-tunes an edm run's denoiser (RUN is {method}): give an edm run, "
-            "and drop --method and --denoiser"
-        )
+        why = f"RUN is a {method} run" if method != "edm" else "drop --method and --denoiser"
+        raise options.UsageError(f"--consistency fine-tunes an edm run's denoiser: {why}")
     fields = [field for field in MODEL_FIELDS if field != "consistency"]
     return merge_config(config, explicit, teacher["config"], fields), teacher | {
         "teacher": teacher["config"]

@@ -390,8 +390,8 @@ def build_parser(choices: dict) -> ArgumentParser:
         default=None,
         metavar="RUN",
         help="fine-tune this edm run's denoiser (a run folder or its model.pth) into a "
-        "consistency model, sharp in 1-8 network evaluations (--num_inference_steps; sampler "
-        "consistency); its defaults: "
+        "consistency model, for sampling in 1-8 network evaluations (--num_inference_steps, "
+        "sampler consistency, on levels the run searches and keeps); its defaults: "
         + ", ".join(f"--{key} {value:g}" for key, value in CONSISTENCY_DEFAULTS.items()),
     )
     run.add_argument(

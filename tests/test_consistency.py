@@ -163,8 +163,8 @@ def teachers(tmp_path_factory):
     "args, message",
     [
         (["--consistency", "nowhere"], "checkpoint nowhere not found"),
-        (["--consistency", "{t}", "--method", "flow"], "--consistency fine-tunes an edm run"),
-        (["--consistency", "{f}"], "--consistency fine-tunes an edm run's denoiser (RUN is flow)"),
+        (["--consistency", "{t}", "--method", "flow"], "denoiser: drop --method and --denoiser"),
+        (["--consistency", "{f}"], "--consistency fine-tunes an edm run's denoiser: RUN is a flow"),
         (["--consistency", "{t}", "--dataset", "dino"], "the checkpoint has dataset=moons"),
         (["--consistency", "{t}", "--reflow", "{t}"], "--reflow and --consistency"),
         (["--consistency", "{t}", "--checkpoint", "{t}/model.pth"], "drop --checkpoint"),
