@@ -811,8 +811,8 @@ def path_straightness(run: Run) -> float:
 # A consistency model (Song et al. 2023) jumps from any x on an ODE path to the path's end x_0:
 # D(x_0 + t eps; t) = D(x_0 + r eps; r), r < t, D(x; 0) = x; --consistency RUN tunes RUN's D so.
 STAGES = 4  # the gap t - r halves at each (Geng et al. 2024, sec. 3.2, q = 2)
-# the search's (first, last) levels: a first one above ~sigma_data, where the Gaussian start fits
-LEVELS = [(first, last) for first in (10, 5, 2) for last in (0.02, 0.05, 0.1, 0.2, 0.5)]
+# the search's (first, last) levels; from a first below 1 the Gaussian start misplaces the mass
+LEVELS = [(first, last) for first in (10, 5, 2, 1) for last in (0.02, 0.05, 0.1, 0.2, 0.5)]
 
 
 def consistency_loss(run: Run, model, method, x_0, c=None, cond_drop_prob=0.0, eps=None):
