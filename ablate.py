@@ -32,12 +32,12 @@ COLUMNS = 6  # saved epochs shown per row
 
 
 def _shown(key: str, value) -> str:
-    """An option's value as a folder name shows it: a checkpoint or a teacher (--reflow) by its
-    run's folder (past 40 characters by their digest: a chain of teachers stays a short name), a
-    dataset file by its name, a list comma-joined."""
+    """An option's value as a folder name shows it: a checkpoint or a teacher (--reflow,
+    --consistency) by its run's folder (past 40 characters by their digest: a chain of teachers
+    stays a short name), a dataset file by its name, a list comma-joined."""
     if key == "dataset" and value.endswith(datasets.FILE_SUFFIXES):
         return Path(value).name
-    if key in ("checkpoint", "reflow"):
+    if key in ("checkpoint", "reflow", "consistency"):
         name = Path(value).parent.name
         return name if len(name) <= 40 else hashlib.sha256(name.encode()).hexdigest()[:12]
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
@@ -61,10 +61,14 @@ def run_once(args: list[str], exps_dir: Path) -> Path:
     name = run_name(args)
     out = exps_dir / name
     parser = ddpm.build_parser()
-    defaults, config = vars(parser.parse_args([])), vars(parser.parse_args(args))
-    wanted = {k: v for k, v in config.items() if k not in checkpoints.RUN_FIELDS}
+    # the config ddpm.py saves (a teacher's own defaults in), but for what it keeps of a run: a
+    # checkpoint's model fields come from the checkpoint, its name already says which
+    config = options.check_command_line(parser, args)[0]
+    kept = (*checkpoints.RUN_FIELDS, *(checkpoints.MODEL_FIELDS if config["checkpoint"] else ()))
+    defaults = vars(parser.parse_args([]))
+    wanted = {k: v for k, v in config.items() if k not in (*kept, "consistency_sigmas")}
     if (out / "metrics.json").is_file():
-        if wanted["input_scale"] == "auto":  # the run saved the number auto stands for
+        if wanted.get("input_scale") == "auto":  # the run saved the number auto stands for
             dataset = datasets.load(config["dataset"], config["data_dir"], config["held_out"])
             wanted = options.resolve_input_scale(wanted, dataset)
         saved = json.loads((out / "config.json").read_text())

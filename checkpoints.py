@@ -32,6 +32,8 @@ MODEL_FIELDS = (
     "input_scale",
     "reflow",
     "reflow_pairs",
+    "consistency",
+    "consistency_sigmas",
 )
 # Where and how, not what, is trained: never taken from a resumed run's config.
 RUN_FIELDS = (
@@ -63,29 +65,40 @@ LEGACY_CONFIG = {"method": "ddpm", "sigma_data": None, "input_scale": 25.0, "act
 LEGACY_CONFIG |= {"denoiser": "mlp", "held_out": 0.0}  # a file's runs trained on every row
 LEGACY_CONFIG |= {"block_norm": "none"}  # before the blocks were normalised
 LEGACY_CONFIG |= {"reflow": None, "reflow_pairs": None}  # no teacher
+LEGACY_CONFIG |= {"consistency": None, "consistency_sigmas": None}
 
 
 def state_of(run) -> dict:
     """The checkpoint of a ddpm.Run: everything it needs to continue where it is."""
     steps = run.epoch * run.batches_per_epoch
-    return {
-        "config": run.config,
-        "epoch": run.epoch,
-        "model": run.model.state_dict(),
-        "ema": run.ema.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "rng": torch.get_rng_state(),
-        "clip_range": run.clip_range.cpu(),
-        "losses": run.losses[:steps].cpu(),
-        "frames": torch.stack(run.frames)
-        if run.frames
-        else torch.zeros(0, run.config["eval_batch_size"], 2),
-        "frame_epochs": run.frame_epochs,
-        "classes": run.classes,
-        "shift": run.shift,
-        "scale": run.scale,
-        "sigma_data": run.sigma_data,
-    } | ({"pairs": _on_cpu(run.pairs)} if run.pairs else {})
+    return (
+        {
+            "config": run.config,
+            "epoch": run.epoch,
+            "model": run.model.state_dict(),
+            "ema": run.ema.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+            "clip_range": run.clip_range.cpu(),
+            "losses": run.losses[:steps].cpu(),
+            "frames": torch.stack(run.frames)
+            if run.frames
+            else torch.zeros(0, run.config["eval_batch_size"], 2),
+            "frame_epochs": run.frame_epochs,
+            "classes": run.classes,
+            "shift": run.shift,
+            "scale": run.scale,
+            "sigma_data": run.sigma_data,
+        }
+        | ({"pairs": _on_cpu(run.pairs)} if run.pairs else {})
+        | _teacher(run)
+    )
+
+
+def _teacher(run) -> dict:
+    """A consistency run's teacher's config (restore keeps it), as reflow's pairs keep theirs."""
+    teacher = getattr(run, "teacher", None)
+    return {"teacher": teacher} if teacher else {}
 
 
 def _on_cpu(pairs: dict) -> dict:
@@ -110,12 +123,27 @@ def with_teacher(config: dict, explicit: dict, device: torch.device) -> dict:
     return merge_config(config, explicit, teacher["config"], fields) | {"method": "flow"}
 
 
+def consistency_start(config: dict, explicit: dict, device: torch.device) -> tuple[dict, dict]:
+    """(config, checkpoint) of a consistency fine-tune (--consistency RUN): RUN's model and units,
+    an edm on RUN's dataset."""
+    teacher = load(Path(config["consistency"]), device)
+    method = teacher["config"]["method"]
+    if method != "edm" or explicit.get("method", "edm") != "edm" or config["denoiser"] == "exact":
+        why = f"RUN is a {method} run" if method != "edm" else "drop --method and --denoiser"
+        raise options.UsageError(f"--consistency fine-tunes an edm run's denoiser: {why}")
+    fields = [field for field in MODEL_FIELDS if field != "consistency"]
+    return merge_config(config, explicit, teacher["config"], fields), teacher | {
+        "teacher": teacher["config"]
+    }
+
+
 def restore(run, checkpoint: dict, resume: bool) -> None:
     """Load a checkpoint's weights into a new ddpm.Run; to resume, also its optimizer, random
     state, losses and frames, so that it goes on as if never stopped."""
     run.model.load_state_dict(checkpoint["model"])
     run.ema.load_state_dict(checkpoint["ema"])
     run.clip_range = checkpoint["clip_range"].to(run.data.device)
+    run.teacher = checkpoint.get("teacher")  # a consistency run's (consistency_start)
     if not resume:
         return
     run.optimizer.load_state_dict(checkpoint["optimizer"])  # its step count sets the learning rate
@@ -198,6 +226,8 @@ def prepare(parser, argv, sampling_options) -> tuple[dict, datasets.Dataset, dic
     out_dir = Path(config["exps_dir"]) / config["experiment_name"]
     replacing = not config["resume"] and out_dir.is_dir() and any(out_dir.iterdir())
     config, checkpoint = starting_point(config, explicit, device)
+    if "consistency" in explicit and not config["resume"]:  # RUN's model, fine-tuned
+        config, checkpoint = consistency_start(config, explicit, device)
     if config["reflow"] and "pairs" not in (checkpoint or {}):  # the pairs are still to draw
         config = with_teacher(config, explicit, device)
     options.check_grid(config, sampling_options(config))

@@ -4,7 +4,8 @@ Read it top to bottom: the noise schedule (1); DDPM's training and sampling as H
 them (2); the view that makes DDPM, flow matching and EDM one family, x = x_0 + sigma eps and a
 denoiser D(x; sigma) (3, Karras et al. 2022); the network (4); the methods as denoisers (5); their
 loss (6); the samplers, which need only D (7); a run in training (8); the training loop (9);
-reflow (10); the command line (11). Timesteps are 0-based: t = 0..T-1 is the paper's t = 1..T.
+reflow (10); consistency training (11); the command line (12). Timesteps are 0-based: t = 0..T-1
+is the paper's t = 1..T.
 
     python ddpm.py --dataset dino
 """
@@ -318,6 +319,12 @@ class EDM:
         return f"edm, sigma_data = {self.sigma_data:.3g}, ln sigma ~ N({mean:g}, {std:g}^2)"
 
 
+class Consistency(EDM):
+    """EDM's D fine-tuned into a consistency model (section 11), levels {str(N): N levels}."""
+
+    grid, sampler, steps, s_churn, levels = "stored", "consistency", 2, 0.0, {}
+
+
 METHODS = {"ddpm": DDPM, "flow": Flow, "edm": EDM}
 
 
@@ -366,6 +373,11 @@ GRIDS = {
     "timesteps": lambda method, n: timesteps_grid(n, method.sigmas),
     "karras": lambda method, n: karras_grid(n, method.sigma_min, method.sigma_max),
     "uniform_t": lambda method, n: uniform_t_grid(n, method.sigma_min, method.sigma_max),
+    # a consistency run's searched levels (section 11), else karras's
+    "stored": lambda method, n: torch.as_tensor(
+        method.levels.get(str(n), karras_grid(n, method.sigma_min, method.sigma_max)),
+        dtype=torch.float64,
+    ),
 }
 
 
@@ -447,13 +459,19 @@ def sde_step(D, x, sigma, sigma_next, noise):
     return x + drift + math.sqrt(2 * sigma * (sigma - sigma_next)) * noise()
 
 
+def consistency_step(D, x, sigma, sigma_next, noise):
+    """Song et al. 2023, Alg. 1 (multistep consistency sampling): x_0 = D(x; sigma), then noise."""
+    return D(x, sigma) + (sigma_next * noise() if sigma_next else 0)
+
+
 def make_step(sampler: str, eta: float):
     """The step of --sampler: DDPM's (Algorithm 2's) is DDIM's with eta = 1."""
     steps = {"ddpm": partial(ddim_step, eta=1.0), "ddim": partial(ddim_step, eta=eta)}
+    steps |= {"consistency": consistency_step}
     return (steps | {"euler": euler_step, "heun": heun_step, "sde": sde_step})[sampler]
 
 
-SAMPLERS = ("ddpm", "ddim", "euler", "heun", "sde")
+SAMPLERS = ("ddpm", "ddim", "euler", "heun", "sde", "consistency")
 
 
 def nfe(sampler: str, num_steps: int) -> int:
@@ -545,7 +563,11 @@ def make_method(config: dict, sigma_data: float, device="cpu"):
         return DDPM(betas.to(device), *levels)
     if config["method"] == "flow":
         return Flow(config["flow_t"], *levels)
-    return EDM(sigma_data, config["P_mean"], config["P_std"], *levels)
+    method = (Consistency if config["consistency"] else EDM)(
+        sigma_data, config["P_mean"], config["P_std"], *levels
+    )
+    method.levels = config.get("consistency_sigmas") or {}  # a consistency run's, section 11
+    return method
 
 
 # The options that say what network a run trains: MLP's arguments, by the same names.
@@ -559,7 +581,7 @@ def make_model(config: dict, num_classes: int = 0) -> MLP:
 
 def sampling_options(config: dict) -> dict:
     """reverse_process's options from a run's config, the method's own where it leaves them open."""
-    method = METHODS[config["method"]]
+    method = Consistency if config["consistency"] else METHODS[config["method"]]
     steps = config["num_inference_steps"] or method.steps or config["num_timesteps"]
     given = ("eta", "init_noise", "guidance_scale", "guidance_interval")
     return {
@@ -658,15 +680,18 @@ def is_frame_epoch(epoch: int, config: dict) -> bool:
     return epoch % config["save_images_step"] == 0 or epoch == config["num_epochs"] - 1
 
 
-def sample_frame(run: Run) -> None:
-    """Sample eval_batch_size points with the EMA weights (or the exact denoiser) into a frame."""
-    tic, config = time.perf_counter(), run.config
-    run.denoiser.eval()
-    # same x_T every frame: the animation follows the same points
-    generator = torch.Generator(run.data.device).manual_seed(config["seed"])
+def frame_points(run: Run, seed: int, **options) -> torch.Tensor:
+    """eval_batch_size points (n, 2) of the frames' D from seed: the run's sampler, or options."""
+    config, generator = run.config, torch.Generator(run.data.device).manual_seed(seed)
     clip_range, n = run.clip_range if config["clip_x0"] else None, config["eval_batch_size"]
     sampling = {"clip_range": clip_range, "c": run.frame_classes, "start_moments": run.moments}
-    x_0 = sample(run.denoiser, run.method, n, generator, **sampling_options(config), **sampling)
+    options = sampling_options(config) | sampling | options
+    return sample(run.denoiser.eval(), run.method, n, generator, **options)
+
+
+def sample_frame(run: Run) -> None:
+    """Sample a frame (frame_points), with the same x_T every frame: the animation follows them."""
+    tic, x_0 = time.perf_counter(), frame_points(run, run.config["seed"])
     run.frames.append(x_0.cpu() * run.scale + run.shift)  # in the data's own units
     run.frame_epochs.append(run.epoch)
     run.frame_seconds += time.perf_counter() - tic
@@ -777,7 +802,57 @@ def path_straightness(run: Run) -> float:
     return straightness(list(path))
 
 
-# ----------------------------------------------------------------------------- 11. Command line
+# ----------------------------------------------------------------------------- 11. Consistency
+# A consistency model (Song et al. 2023) jumps from any x on an ODE path to the path's end x_0:
+# D(x_0 + t eps; t) = D(x_0 + r eps; r), r < t, D(x; 0) = x; --consistency RUN tunes RUN's D so.
+STAGES = 4  # the gap t - r halves at each (Geng et al. 2024, sec. 3.2, q = 2)
+# the search's (first, last) levels; from a first below 1 the Gaussian start misplaces the mass
+LEVELS = [(first, last) for first in (10, 5, 2, 1) for last in (0.02, 0.05, 0.1, 0.2, 0.5)]
+
+
+def consistency_loss(run: Run, model, method, x_0, c=None, cond_drop_prob=0.0, eps=None):
+    """ECT's loss (Song et al. 2023, Alg. 3, with t and r continuous): ln t ~ N(P_mean, P_std^2),
+    r = t (1 - n(t) / 2^(stage + 1)), n(t) = 1 + 8 sigmoid(-t) (Geng et al. 2024, sec. 3.2); the
+    pseudo-Huber distance d = sqrt(|D_t - sg D_r|^2 + c^2) - c, c = 0.00054 sqrt(2) (Song &
+    Dhariwal 2023, sec. 3.3), weighted 1 / (t - r) (their sec. 3.1); one eps for both points."""
+    stage = min(STAGES * run.epoch // run.config["num_epochs"], STAGES - 1)
+    t = (method.P_mean + method.P_std * torch.randn(len(x_0), device=x_0.device)).exp()  # (B,)
+    r = (t * (1 - (1 + 8 * torch.sigmoid(-t)) / 2 ** (stage + 1))).clamp(min=0)
+    eps = torch.randn_like(x_0)
+    if c is not None:  # classifier-free guidance's dropped classes, as in loss_fn
+        c = torch.where(torch.rand(len(c), device=c.device) < cond_drop_prob, model.num_classes, c)
+    D_t = method.D_theta(model, x_0 + t[:, None] * eps, t, c)
+    with torch.no_grad():  # sg: the same network's target, without its gradient
+        # D(x; 0) = x: at r = 0, taken as 1e-12, c_skip = 1 and c_out ~ 1e-12 in float32
+        D_r = method.D_theta(model, x_0 + r[:, None] * eps, r.clamp(min=1e-12), c)
+    huber_c = 0.00054 * math.sqrt(2)
+    return (((((D_t - D_r) ** 2).sum(-1) + huber_c**2).sqrt() - huber_c) / (t - r)).mean()
+
+
+def consistency_frame(run: Run) -> None:
+    """A frame (sample_frame); after the last epoch, first the levels it keeps for N = 1, 2, 4, 8
+    steps: rho = 7 ones (Karras et al. 2022, eq. 5) between the candidates (LEVELS) that score
+    best against training points (precision + recall - W2 ratio), from other noise than frames'."""
+    if run.epoch < run.config["num_epochs"] - 1:
+        return sample_frame(run)
+    generator, sigmas = torch.Generator(run.data.device).manual_seed(run.config["seed"] + 1), {}
+    reference = run.data[torch.randperm(len(run.data), generator=generator)].cpu().numpy()
+    m = min(500, len(reference) // 2, run.config["eval_batch_size"])  # W2's points (O(m^3))
+    floor = evaluate.wasserstein2(reference[:m], reference[m : 2 * m])
+    for N in (1, 2, 4, 8):
+        scores = {}
+        for first, last in LEVELS:
+            levels = karras_grid(N, last, min(first, run.method.sigma_max)).tolist()
+            run.method.levels = {str(N): levels}
+            x = frame_points(run, run.config["seed"] + 1, num_inference_steps=N).cpu().numpy()
+            w2_ratio = evaluate.wasserstein2(x[:m], reference[:m]) / floor
+            scores[tuple(levels)] = sum(evaluate.precision_recall(x, reference[:1000])) - w2_ratio
+        sigmas[str(N)] = [round(sigma, 6) for sigma in max(scores, key=scores.get)]
+    run.config["consistency_sigmas"] = run.method.levels = sigmas
+    sample_frame(run)
+
+
+# ----------------------------------------------------------------------------- 12. Command line
 def experiment(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None) -> dict:
     """Train (or continue, or only sample) a model, score its last frame, write exps/<name>/."""
     started = time.perf_counter()
@@ -799,8 +874,8 @@ def experiment(config: dict, dataset: datasets.Dataset, checkpoint: dict | None 
     out_dir = Path(config["exps_dir"]) / config["experiment_name"]
     labels = None if run.frame_classes is None else run.frame_classes.cpu().numpy()  # (n,)
     limits = plots.padded_limits(dataset.train_set()[0]) if dataset.is_file else None  # a file's
-    tic = time.perf_counter()
-    status = train(run)
+    tic, consistency = time.perf_counter(), [partial(consistency_loss, run), consistency_frame]
+    status = train(run, *(consistency if config["consistency"] else []))
     seconds = {"setup": tic - started, "train": time.perf_counter() - tic - run.frame_seconds}
     if status == "interrupted":  # save what was done, and say where
         run_folder.stop_early(out_dir, checkpoints.state_of(run), labels, limits)

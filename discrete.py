@@ -370,7 +370,7 @@ def run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None)
 DDPM_ONLY = ("method", "num_timesteps", "beta_schedule", "flow_t", "P_mean", "P_std")
 DDPM_ONLY += ("sigma_data", "time_embedding", "input_embedding", "input_scale", "guidance_scale")
 DDPM_ONLY += ("guidance_interval", "denoiser", "sampler", "grid", "sigma_min", "sigma_max")
-DDPM_ONLY += ("s_churn", "init_noise", "eta", "clip_x0", "reflow", "reflow_pairs")
+DDPM_ONLY += ("s_churn", "init_noise", "eta", "clip_x0", "reflow", "reflow_pairs", "consistency")
 TOKEN_FIELDS = ("bins", "digits")  # what the model is, besides ddpm's MODEL_FIELDS
 # 60 epochs: masked diffusion learns the dino in fewer steps than the continuous default (150)
 DEFAULTS = {"experiment_name": "discrete", "num_epochs": 60}

@@ -3,10 +3,10 @@ with python figures.py --NAME (-h lists them). Each prints its seconds.
 
 Runs (or reuses) in exps/ the runs each part needs, then draws into static/: the default run's
 samples, process figure, animation and loss curve; the denoiser's field; paths per method; where
-each method trains; the method x NFE grid; the ablation grids; the density, reflow, guidance and
-discrete figures; and the tables of the defaults, the sampler study and the likelihood on every
-dataset (with three smooth .csv files of known density, written to exps/data/). The tables go
-to exps/ablations/.
+each method trains; the method x NFE grid; the ablation grids; the density, reflow, guidance,
+discrete and consistency figures; and the tables of the defaults, the sampler study and the
+likelihood on every dataset (with three smooth .csv files of known density, written to
+exps/data/). The tables go to exps/ablations/.
 """
 
 import argparse
@@ -898,6 +898,75 @@ def discrete_figure(exps_dir: Path, path: Path, n: int = 1000) -> None:
     plots.save_grid(cells, path, row_labels=labels, paths=boxes, titles=titles)
 
 
+# Consistency models (ddpm.py, section 11): each default run fine-tuned by --consistency, sampled
+# at 1-8 NFE on its stored levels, beside its teacher's own (Heun) sampler with fewer steps.
+CONSISTENCY_DATASETS, CONSISTENCY_SEEDS = ["dino", "moons", "line", "circle"], ["0", "1", "2"]
+CONSISTENCY_NFE, TEACHER_STEPS = [1, 2, 4, 8], [1, 2, 4]  # Heun: 1, 3 and 7 NFE
+
+
+def consistency_runs(dataset: str, seed: str, exps_dir: Path) -> dict[str, Path]:
+    """The default run (the teacher) of a dataset and seed and its consistency model, trained or
+    reused, and their samples at fewer steps (dino and moons): "teacher", "consistency",
+    ("consistency", NFE) and ("teacher", steps)."""
+    base = ["--dataset", dataset, "--seed", seed]
+    runs = {"teacher": ablate.run_once(base, exps_dir)}
+    runs["consistency"] = ablate.run_once(
+        [*base, "--consistency", str(runs["teacher"] / "model.pth")], exps_dir
+    )
+    for name, counts in (("consistency", CONSISTENCY_NFE), ("teacher", TEACHER_STEPS)):
+        for n in counts if dataset in ("dino", "moons") else []:
+            args = ["--checkpoint", str(runs[name] / "model.pth"), "--num_epochs", "0"]
+            runs[name, n] = ablate.run_once(
+                [*args, "--seed", seed, "--num_inference_steps", str(n)], exps_dir
+            )
+    return runs
+
+
+def consistency_table(exps_dir: Path) -> str:
+    """W2 ratio / precision / recall of the consistency models and their teachers at each NFE,
+    mean and worst over CONSISTENCY_SEEDS, with the training seconds of the model sampled (the
+    fine-tuning's alone for a consistency model): exps/ablations/consistency.md."""
+    scores = {}  # (dataset, model, nfe) -> [(metrics, train seconds) of each seed]
+    for dataset, seed in ((d, s) for d in CONSISTENCY_DATASETS for s in CONSISTENCY_SEEDS):
+        runs = consistency_runs(dataset, seed, exps_dir)
+        for key, out in runs.items():
+            if key == "consistency" and ("consistency", 2) in runs:  # the same samples
+                continue
+            trained = runs[key[0] if isinstance(key, tuple) else key]
+            metrics = ablate.score(out)
+            name = "consistency" if "consistency" in key else "edm (teacher), heun"
+            seconds = json.loads((trained / "metrics.json").read_text())["seconds"]["train"]
+            scores.setdefault((dataset, name, metrics["nfe"]), []).append(metrics | {"s": seconds})
+    rows = [
+        {"dataset": dataset, "model": model, "NFE": nfe}
+        | dict(zip(("W2 ratio / P / R, mean", "worst"), _mean_and_worst(seeds)))
+        | {"train s": float(np.mean([m["s"] for m in seeds]))}
+        for (dataset, model, nfe), seeds in sorted(scores.items())
+    ]
+    return ablate.write_table(rows, exps_dir / "ablations" / "consistency")
+
+
+def consistency_figure(exps_dir: Path, path: Path) -> None:
+    """static/consistency.png: seed 0's consistency model of the dino and moons at 1, 2 and 4
+    NFE, beside its teacher's samples at 23 NFE (each run's last frame), with their scores."""
+    cells, classes, titles = [], [], []
+    for dataset in ("dino", "moons"):
+        runs = consistency_runs(dataset, CONSISTENCY_SEEDS[0], exps_dir)
+        outs = [runs["consistency", n] for n in (1, 2, 4)] + [runs["teacher"]]
+        cells.append([np.load(out / "frames.npy")[-1] for out in outs])
+        titles.append([_triple(*(ablate.score(out)[key] for key in METRICS)) for out in outs])
+        labels = [out / "frame_labels.npy" for out in outs]
+        classes.append([np.load(f) if f.is_file() else None for f in labels])
+    columns = ["consistency, 1 NFE", "2 NFE", "4 NFE", "teacher (edm), 23 NFE"]
+    labels = {"row_labels": ["dino", "moons"], "col_labels": columns, "titles": titles}
+    plots.save_grid(cells, path, classes=classes, **labels)
+
+
+def consistency_part(exps_dir: Path) -> str:
+    consistency_figure(exps_dir, STATIC_DIR / "consistency.png")
+    return consistency_table(exps_dir)
+
+
 def discrete_part(exps_dir: Path) -> str:
     discrete_figure(exps_dir, STATIC_DIR / "discrete.png")
     return discrete_table(exps_dir)
@@ -965,6 +1034,11 @@ PARTS = {
         ),
     ),
     "guidance": ("the guidance figure and table (a conditional model)", guidance_sweep),
+    "consistency": (
+        "the consistency figure (1, 2 and 4 NFE) and the table of consistency models and their "
+        "teachers at 1-8 NFE (dino and moons, seeds 0-2; line and circle at 2)",
+        consistency_part,
+    ),
     "discrete": (
         "the discrete figure (masked diffusion of tokens, discrete.py) and its tables",
         discrete_part,

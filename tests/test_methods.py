@@ -19,6 +19,7 @@ CONFIG = {
     "P_std": 1.2,
     "sigma_min": 0.002,
     "sigma_max": 80.0,
+    "consistency": None,
 }
 
 
