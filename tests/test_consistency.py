@@ -7,10 +7,10 @@ from functools import partial
 
 import pytest
 import torch
+from conftest import whole_and_resumed
 from torch import nn
 
 import ddpm
-import run_folder
 
 TINY = ["--hidden_size", "16", "--hidden_layers", "1", "--eval_batch_size", "100"]
 TINY += ["--num_epochs", "2", "--save_images_step", "1"]
@@ -118,16 +118,7 @@ def run_args(tmp_path, *args):
 def test_a_consistency_run_stores_its_levels_resumes_and_samples_again(tmp_path, monkeypatch):
     assert ddpm.main(run_args(tmp_path, "--experiment_name", "t")) == 0  # an edm teacher
     ct = run_args(tmp_path, "--consistency", str(tmp_path / "t"))
-    assert ddpm.main([*ct, "--experiment_name", "whole"]) == 0
-    monkeypatch.setattr(run_folder.StopOnCtrlC, "requested", True)  # Ctrl-C in the first epoch
-    with pytest.raises(SystemExit) as stopped:
-        ddpm.main([*ct, "--experiment_name", "ct"])
-    assert stopped.value.code == 130
-    monkeypatch.undo()
-    (tmp_path / "t" / "model.pth").rename(tmp_path / "t.pth")  # resuming needs no teacher
-    assert ddpm.main([*ct, "--experiment_name", "ct", "--resume"]) == 0
-    (tmp_path / "t.pth").rename(tmp_path / "t" / "model.pth")
-    whole, resumed = (torch.load(tmp_path / n / "model.pth") for n in ("whole", "ct"))
+    whole, resumed = whole_and_resumed(ct, tmp_path / "t", monkeypatch)
     assert torch.equal(whole["losses"], resumed["losses"])
     config = resumed["config"]
     assert config["consistency"] == str(tmp_path / "t" / "model.pth")
@@ -144,7 +135,7 @@ def test_a_consistency_run_stores_its_levels_resumes_and_samples_again(tmp_path,
     teacher = torch.load(tmp_path / "t" / "model.pth")
     assert torch.equal(resumed["shift"], teacher["shift"])  # the teacher's units
     assert resumed["teacher"] == teacher["config"] == whole["teacher"]  # and its config
-    again = ["--checkpoint", str(tmp_path / "ct" / "model.pth"), "--num_epochs", "0"]
+    again = ["--checkpoint", str(tmp_path / "resumed" / "model.pth"), "--num_epochs", "0"]
     assert ddpm.main(run_args(tmp_path, *again, "--num_inference_steps", "4", "--overwrite")) == 0
     metrics = json.loads((tmp_path / "base" / "metrics.json").read_text())
     assert metrics["nfe"] == 4 and math.isfinite(metrics["w2_ratio"])

@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
+from conftest import whole_and_resumed
 
 import checkpoints
 import datasets
 import ddpm
 import exact
-import run_folder
 
 TINY = ["--hidden_size", "16", "--hidden_layers", "1", "--eval_batch_size", "100"]
 TINY += ["--num_epochs", "2", "--save_images_step", "1"]
@@ -97,19 +97,10 @@ def test_each_stage_trains_resumes_and_samples_and_records_its_teacher(
 ):
     assert ddpm.main(run_args(tmp_path, "--method", teacher_method, "--experiment_name", "t")) == 0
     reflow = run_args(tmp_path, "--reflow", str(tmp_path / "t"), "--reflow_pairs", "300")
-    assert ddpm.main([*reflow, "--experiment_name", "whole"]) == 0
-    monkeypatch.setattr(run_folder.StopOnCtrlC, "requested", True)  # Ctrl-C in the first epoch
-    with pytest.raises(SystemExit) as stopped:
-        ddpm.main([*reflow, "--experiment_name", "rf2"])
-    assert stopped.value.code == 130
-    monkeypatch.undo()
-    (tmp_path / "t" / "model.pth").rename(tmp_path / "t.pth")  # resuming needs no teacher
-    assert ddpm.main([*reflow, "--experiment_name", "rf2", "--resume"]) == 0
-    (tmp_path / "t.pth").rename(tmp_path / "t" / "model.pth")
-    whole, resumed = (torch.load(tmp_path / n / "model.pth") for n in ("whole", "rf2"))
+    whole, resumed = whole_and_resumed(reflow, tmp_path / "t", monkeypatch)  # the 2-rectified
     assert torch.equal(whole["losses"], resumed["losses"])
     assert torch.equal(whole["pairs"]["x_0"], resumed["pairs"]["x_0"])
-    student = torch.load(tmp_path / "rf2" / "model.pth", weights_only=True)
+    student = torch.load(tmp_path / "resumed" / "model.pth", weights_only=True)
     assert student["config"]["method"] == "flow"
     assert student["config"]["reflow"] == str(tmp_path / "t" / "model.pth")
     assert student["pairs"]["teacher"]["method"] == teacher_method
@@ -122,8 +113,9 @@ def test_each_stage_trains_resumes_and_samples_and_records_its_teacher(
     in_data = teacher.labels.bincount() / len(teacher.labels)  # moons: about half each
     assert (student["pairs"]["labels"].bincount() - 300 * in_data).abs().max() <= 1
     # a second reflow (the 3-rectified flow), and sampling a reflow in one step
-    rf3 = run_args(tmp_path, "--reflow", str(tmp_path / "rf2" / "model.pth"), "--experiment_name")
-    assert ddpm.main([*rf3, "rf3", "--reflow_pairs", "300"]) == 0
+    rf2 = str(tmp_path / "resumed" / "model.pth")
+    rf3 = run_args(tmp_path, "--reflow", rf2, "--experiment_name", "rf3", "--reflow_pairs", "300")
+    assert ddpm.main(rf3) == 0
     one_step = ["--checkpoint", str(tmp_path / "rf3" / "model.pth"), "--num_epochs", "0"]
     one_step += ["--sampler", "euler", "--num_inference_steps", "1", "--experiment_name", "one"]
     assert ddpm.main(run_args(tmp_path, *one_step)) == 0
