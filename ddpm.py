@@ -831,23 +831,24 @@ def consistency_loss(run: Run, model, method, x_0, c=None, cond_drop_prob=0.0, e
 
 def consistency_frame(run: Run) -> None:
     """A frame (sample_frame); after the last epoch, first the levels it keeps for N = 1, 2, 4, 8
-    steps: rho = 7 ones (Karras et al. 2022, eq. 5) between the candidates (LEVELS) that score
-    best against training points (precision + recall - W2 ratio), from other noise than frames'."""
+    steps: rho = 7 ones (Karras et al. 2022, eq. 5) between the candidates (LEVELS) whose samples
+    score best against training points (evaluate.best_of), from other noise than frames'."""
     if run.epoch < run.config["num_epochs"] - 1:
         return sample_frame(run)
-    generator, sigmas = torch.Generator(run.data.device).manual_seed(run.config["seed"] + 1), {}
+    seed, sigma_max = run.config["seed"] + 1, run.method.sigma_max
+    generator = torch.Generator(run.data.device).manual_seed(seed)
     reference = run.data[torch.randperm(len(run.data), generator=generator)].cpu().numpy()
-    m = min(500, len(reference) // 2, run.config["eval_batch_size"])  # W2's points (O(m^3))
-    floor = evaluate.wasserstein2(reference[:m], reference[m : 2 * m])
+
+    def points_at(levels: tuple) -> np.ndarray:  # (n, 2) of N = len(levels) steps
+        run.method.levels = {str(len(levels)): list(levels)}
+        return frame_points(run, seed, num_inference_steps=len(levels)).cpu().numpy()
+
+    sigmas, m = {}, min(500, run.config["eval_batch_size"])  # W2's points (O(m^3))
     for N in (1, 2, 4, 8):
-        scores = {}
-        for first, last in LEVELS:
-            levels = karras_grid(N, last, min(first, run.method.sigma_max)).tolist()
-            run.method.levels = {str(N): levels}
-            x = frame_points(run, run.config["seed"] + 1, num_inference_steps=N).cpu().numpy()
-            w2_ratio = evaluate.wasserstein2(x[:m], reference[:m]) / floor
-            scores[tuple(levels)] = sum(evaluate.precision_recall(x, reference[:1000])) - w2_ratio
-        sigmas[str(N)] = [round(sigma, 6) for sigma in max(scores, key=scores.get)]
+        grids = [karras_grid(N, last, min(first, sigma_max)).tolist() for first, last in LEVELS]
+        grids = list(dict.fromkeys(map(tuple, grids)))  # each once
+        levels = evaluate.best_of(grids, points_at, reference, m)
+        sigmas[str(N)] = [round(sigma, 6) for sigma in levels]
     run.config["consistency_sigmas"] = run.method.levels = sigmas
     sample_frame(run)
 

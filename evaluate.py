@@ -90,6 +90,20 @@ REFERENCE_DRAWS = 5
 SCORED_POINTS = 1000
 
 
+def best_of(candidates: list, sample, reference: np.ndarray, m: int = 500):
+    """The candidate whose samples, sample(candidate) -> (n, 2), score best against reference
+    points (>= 2 m, 2): precision + recall - W2 ratio, W2 on m points over the floor of two
+    halves of the reference (O(m^3)), precision and recall against its first 1000."""
+    m = min(m, len(reference) // 2)
+    floor = wasserstein2(reference[:m], reference[m : 2 * m])
+    scores = {}
+    for candidate in candidates:
+        x = sample(candidate)
+        w2_ratio = wasserstein2(x[:m], reference[:m]) / floor
+        scores[candidate] = sum(precision_recall(x, reference[:1000])) - w2_ratio
+    return max(scores, key=scores.get)
+
+
 def draw_like(draw, labels: np.ndarray | None, n: int, seed: int) -> np.ndarray:
     """n points of draw(n, seed, label) (a datasets.Dataset's draw or unseen); with labels (n,),
     exactly as many of each class: a random split of classes would move the reference away from
