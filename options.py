@@ -274,13 +274,13 @@ def build_parser(choices: dict) -> ArgumentParser:
     advanced.add_argument(
         "--input_scale",
         type=auto_or(positive(float)),
-        default=200.0,
-        help="the highest frequency of the embedding of x and y, in radians per unit "
-        "of the data as trained (Tancik et al. 2020's Fourier-feature scale): higher lets the MLP "
-        "draw finer detail, and roughens a smooth density. auto: from the training points' "
-        f"spacing, 2 pi over {WAVELENGTH_GAPS:g} times the median gap to a nearest neighbour (in "
-        "stds): about 100 for the dino's dots, 10 for a smooth Gaussian of 8000 points "
-        "(RESULTS.md, the likelihood); config.json keeps the number",
+        default="auto",
+        help="the highest frequency of the embedding of x and y, in radians per unit of the "
+        "network's input (Tancik et al. 2020's Fourier-feature scale): higher lets the MLP draw "
+        "finer detail, and roughens a smooth density. auto: from the training points' spacing, "
+        f"2 pi over {WAVELENGTH_GAPS:g} times the median gap to a nearest neighbour in stds (the "
+        "units EDM's network sees): about 100 for the dino's dots, 10 for a smooth Gaussian of "
+        "8000 points (RESULTS.md, the likelihood); config.json keeps the number",
     )
     guidance.add_argument(
         "--cond_drop_prob",

@@ -64,8 +64,9 @@ WAVELENGTH_GAPS = 37.0
 
 def fourier_scale(points: np.ndarray) -> float:
     """The input_scale for training points (m, 2): 2 pi / (WAVELENGTH_GAPS * gap), with gap the
-    median distance from a point to its nearest neighbour, each axis divided by its std (units
-    that do not change when the data is shifted or stretched); repeated points count once."""
+    median distance from a point to its nearest neighbour, each axis divided by its std: units
+    that do not change when the data is shifted or stretched, and about those EDM's network sees
+    (c_in x ~ x / sigma_data at low noise); repeated points count once."""
     z = np.unique(np.asarray(points, dtype=np.float64), axis=0)  # (m', 2)
     z = (z - z.mean(0)) / z.std(0)
     gap = float(np.median(cKDTree(z).query(z, 2)[0][:, 1]))  # column 0: the point itself
