@@ -11,10 +11,12 @@ import torch
 from PIL import Image
 
 import ablate
+import datasets
 import ddpm
 import exact
 import figures
 import plots
+import positional_embeddings
 
 BASE = [
     "--dataset",
@@ -328,3 +330,15 @@ def test_the_discrete_figure_from_tiny_runs(tmp_path, monkeypatch):
     figures.discrete_figure(tmp_path, tmp_path / "discrete.png", n=200)
     cell = round(plots.CELL_INCHES * plots.DPI)
     assert image_size(tmp_path / "discrete.png") == ((5 * cell, 2 * cell), 1)
+
+
+def test_the_fourier_scale_table_names_autos_number_beside_each_scales_kl(
+    tmp_path, monkeypatch, tiny_runs
+):
+    monkeypatch.setattr(figures, "FOURIER_SCALES", {"25": ["0"], "auto": ["0"]})
+    header, _, *rows = figures.fourier_scale_table(tmp_path).splitlines()
+    assert header.startswith("| Fourier scale | NLL | KL(data ‖ model) | KL per seed |")
+    auto = round(positional_embeddings.fourier_scale(datasets.load("dino").train_set()[0]), 1)
+    cells = [row.strip("| ").split(" | ") for row in rows]
+    assert [cell[0] for cell in cells] == ["25", f"{auto:g}"]
+    assert all(float(cell[3]) > 0 for cell in cells)  # a 2-epoch network is far from the data
