@@ -576,6 +576,8 @@ MODEL_OPTIONS += ("input_embedding", "input_scale", "activation", "block_norm")
 
 
 def make_model(config: dict, num_classes: int = 0) -> MLP:
+    if config["input_scale"] == "auto":  # a number from the data, as checkpoints.prepare does
+        raise ValueError("input_scale auto: take it from the data, options.resolve_input_scale")
     return MLP(num_classes=num_classes, **{option: config[option] for option in MODEL_OPTIONS})
 
 

@@ -11,7 +11,9 @@ import adamw
 import ddpm
 from options import PROJECT_DIR
 
-CONFIG = vars(ddpm.build_parser().parse_args(["--hidden_size", "32", "--embedding_size", "16"]))
+# a number for --input_scale: auto is measured from a dataset's points (checkpoints.prepare)
+SMALL = ["--hidden_size", "32", "--embedding_size", "16", "--input_scale", "25"]
+CONFIG = vars(ddpm.build_parser().parse_args(SMALL))
 STEPS = 30
 
 

@@ -6,6 +6,7 @@ import torch
 
 import datasets
 import ddpm
+import options
 from positional_embeddings import (
     EMBEDDINGS,
     WAVELENGTH_GAPS,
@@ -85,3 +86,13 @@ def test_the_data_derived_scale_is_high_for_dots_and_low_for_a_smooth_density():
     dino = datasets.load("dino").train_set()[0]
     gaussian = np.random.default_rng(0).normal(size=(8000, 2))
     assert 70 < fourier_scale(dino) < 130 and 5 < fourier_scale(gaussian) < 15
+
+
+def test_a_model_needs_autos_number_first():
+    config = vars(ddpm.build_parser().parse_args([]))  # --input_scale auto, as parsed
+    with pytest.raises(ValueError, match="resolve_input_scale"):
+        ddpm.make_model(config)
+    line = datasets.load("line")
+    scale = round(fourier_scale(line.train_set()[0]), 1)
+    model = ddpm.make_model(options.resolve_input_scale(config, line))
+    assert model.embed_xy.wave_vectors.norm(dim=0).max().item() == pytest.approx(scale)

@@ -10,7 +10,9 @@ import bench
 import datasets
 import ddpm
 
-CONFIG = vars(ddpm.build_parser().parse_args(["--hidden_size", "32", "--embedding_size", "16"]))
+# a number for --input_scale: auto is measured from a dataset's points (checkpoints.prepare)
+SMALL = ["--hidden_size", "32", "--embedding_size", "16", "--input_scale", "25"]
+CONFIG = vars(ddpm.build_parser().parse_args(SMALL))
 
 
 def train_steps(model, optimizer, steps=20):
