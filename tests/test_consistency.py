@@ -74,7 +74,8 @@ def test_the_consistency_step_lands_on_D_and_renoises_to_the_next_level():
 
 
 def consistency_config(*args) -> dict:
-    config = vars(ddpm.build_parser().parse_args([*TINY, *args]))
+    """A fine-tune's config, with a number for --input_scale (checkpoints.prepare measures auto)."""
+    config = vars(ddpm.build_parser().parse_args([*TINY, "--input_scale", "25", *args]))
     return config | {"consistency": "a teacher", "consistency_sigmas": None}
 
 
