@@ -15,6 +15,12 @@ import run_folder  # noqa: E402
 options.use_run_threads()
 
 
+def parsed_config(*args: str) -> dict:
+    """A run's config as ddpm.py parses args, with a number for --input_scale: auto is measured
+    from the training points by checkpoints.prepare, which a model or run built here skips."""
+    return vars(ddpm.build_parser().parse_args(["--input_scale", "25", *args]))
+
+
 def whole_and_resumed(args: list[str], teacher: Path, monkeypatch) -> tuple[dict, dict]:
     """The model.pth of ddpm.py `args` (with --exps_dir D) run whole into D/whole, and of the same
     run stopped by Ctrl-C in its first epoch and resumed into D/resumed, its teacher's model.pth

@@ -5,15 +5,14 @@ import subprocess
 import sys
 
 import torch
+from conftest import parsed_config
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 import adamw
 import ddpm
 from options import PROJECT_DIR
 
-# a number for --input_scale: auto is measured from a dataset's points (checkpoints.prepare)
-SMALL = ["--hidden_size", "32", "--embedding_size", "16", "--input_scale", "25"]
-CONFIG = vars(ddpm.build_parser().parse_args(SMALL))
+CONFIG = parsed_config("--hidden_size", "32", "--embedding_size", "16")
 STEPS = 30
 
 

@@ -7,7 +7,7 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import whole_and_resumed
+from conftest import parsed_config, whole_and_resumed
 from torch import nn
 
 import ddpm
@@ -74,8 +74,7 @@ def test_the_consistency_step_lands_on_D_and_renoises_to_the_next_level():
 
 
 def consistency_config(*args) -> dict:
-    """A fine-tune's config, with a number for --input_scale (checkpoints.prepare measures auto)."""
-    config = vars(ddpm.build_parser().parse_args([*TINY, "--input_scale", "25", *args]))
+    config = parsed_config(*TINY, *args)
     return config | {"consistency": "a teacher", "consistency_sigmas": None}
 
 

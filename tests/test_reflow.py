@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import whole_and_resumed
+from conftest import parsed_config, whole_and_resumed
 
 import checkpoints
 import datasets
@@ -18,9 +18,7 @@ TINY += ["--num_epochs", "2", "--save_images_step", "1"]
 
 
 def config_of(*args) -> dict:
-    """A run's config as ddpm.py parses it, with a number for --input_scale: auto is measured
-    from the training points by checkpoints.prepare, which a run built here skips."""
-    return vars(ddpm.build_parser().parse_args([*TINY, "--input_scale", "25", *args]))
+    return parsed_config(*TINY, *args)
 
 
 def test_straightness_is_zero_on_a_straight_walk_and_eq_3_on_a_bend():

@@ -3,6 +3,7 @@
 import copy
 
 import torch
+from conftest import parsed_config
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -10,9 +11,7 @@ import bench
 import datasets
 import ddpm
 
-# a number for --input_scale: auto is measured from a dataset's points (checkpoints.prepare)
-SMALL = ["--hidden_size", "32", "--embedding_size", "16", "--input_scale", "25"]
-CONFIG = vars(ddpm.build_parser().parse_args(SMALL))
+CONFIG = parsed_config("--hidden_size", "32", "--embedding_size", "16")
 
 
 def train_steps(model, optimizer, steps=20):
