@@ -251,7 +251,7 @@ def report(args) -> list[str]:
         if closed_form(dataset) is None:
             raise options.UsageError("--exact needs a dataset with a closed-form density: a shape")
         model_nll = exact_nll(dataset, args.data_dir, steps)
-        sigma_max = ddpm.build_parser().get_default("sigma_max")
+        sigma_max = model_nll.keywords["sigma_max"]  # a run's default, as exact_nll takes it
     else:
         path = args.path / "model.pth" if args.path.is_dir() else args.path
         run, dataset = load_run(path, args.data_dir)
