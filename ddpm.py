@@ -10,9 +10,11 @@ is the paper's t = 1..T.
     python ddpm.py --dataset dino
 """
 
+import copy
 import math
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -639,6 +641,7 @@ class Run:
         self.class_vars, self.class_means = (torch.stack(moment) for moment in zip(*var_means))
         self.moments = self.start_moments(self.frame_classes)
         self.epoch, self.frames, self.frame_epochs, self.frame_seconds = 0, [], [], 0.0
+        self.frames_started = []  # being sampled (sample_frame)
         self.denoiser = self.ema.module if denoiser is None else denoiser
         self.pairs, self.noise = pairs, pairs["eps"] if pairs else None  # reflow's, and their eps
 
@@ -682,20 +685,32 @@ def is_frame_epoch(epoch: int, config: dict) -> bool:
     return epoch % config["save_images_step"] == 0 or epoch == config["num_epochs"] - 1
 
 
-def frame_points(run: Run, seed: int, **options) -> torch.Tensor:
-    """eval_batch_size points (n, 2) of the frames' D from seed: the run's sampler, or options."""
+def frame_points(run: Run, seed: int, denoiser=None, **options) -> torch.Tensor:
+    """eval_batch_size points (n, 2) of denoiser (the frames' D) from seed: the run's sampler."""
     config, generator = run.config, torch.Generator(run.data.device).manual_seed(seed)
     clip_range, n = run.clip_range if config["clip_x0"] else None, config["eval_batch_size"]
     sampling = {"clip_range": clip_range, "c": run.frame_classes, "start_moments": run.moments}
     options = sampling_options(config) | sampling | options
-    return sample(run.denoiser.eval(), run.method, n, generator, **options)
+    return sample((denoiser or run.denoiser).eval(), run.method, n, generator, **options)
+
+
+# Frames and the straightness need no training: they run on a second thread, on the core that a
+# run's one torch thread leaves idle (options.use_run_threads), and draw the same points.
+SECOND_THREAD = ThreadPoolExecutor(max_workers=1)
 
 
 def sample_frame(run: Run) -> None:
-    """Sample a frame (frame_points), with the same x_T every frame: the animation follows them."""
-    tic, x_0 = time.perf_counter(), frame_points(run, run.config["seed"])
-    run.frames.append(x_0.cpu() * run.scale + run.shift)  # in the data's own units
+    """Start a frame (frame_points) of a copy of the frames' D on the second thread, with the same
+    x_T every frame: the animation follows them."""
+    denoiser = copy.deepcopy(run.denoiser)
+    run.frames_started.append(SECOND_THREAD.submit(frame_points, run, run.config["seed"], denoiser))
     run.frame_epochs.append(run.epoch)
+
+
+def finish_frames(run: Run) -> None:
+    """Wait for the frames started (frame_seconds: how long) and keep them in the data's units."""
+    tic, started, run.frames_started = time.perf_counter(), run.frames_started, []
+    run.frames += [x_0.result().cpu() * run.scale + run.shift for x_0 in started]
     run.frame_seconds += time.perf_counter() - tic
 
 
@@ -722,27 +737,30 @@ def train(run: Run, objective=loss_fn, frame=sample_frame) -> str:
     steps, desc = len(run.losses), f"training on {config['dataset']}"
     bar = tqdm(total=steps, initial=run.epoch * B, desc=desc, unit="step", dynamic_ncols=True)
     with bar, run_folder.StopOnCtrlC() as ctrl_c:
-        while run.epoch < config["num_epochs"]:
-            run.model.train()
-            step = run.epoch * B
-            # Batches by indexing tensors: no DataLoader, no per-item collation.
-            order = torch.randperm(len(data), device=data.device)
-            for batch in order.split(config["train_batch_size"]):
-                c = None if run.labels is None else run.labels[batch]
-                eps = None if run.noise is None else run.noise[batch]  # reflow's pairs
-                run.losses[step] = train_step(run, data[batch], c, eps, objective)
-                step += 1
-            epoch_losses = run.losses[step - B : step]  # read with one sync per epoch
-            epoch_loss, worst = torch.stack((epoch_losses.mean(), epoch_losses.max())).tolist()
-            if not worst <= DIVERGED_LOSS:  # also catches NaN
-                return "diverged"
-            bar.set_postfix(loss=f"{epoch_loss:.4f}", refresh=False)
-            bar.update(B)
-            if is_frame_epoch(run.epoch, config):
-                frame(run)
-            run.epoch += 1
-            if ctrl_c.requested:
-                return "interrupted"
+        try:
+            while run.epoch < config["num_epochs"]:
+                run.model.train()
+                step = run.epoch * B
+                # Batches by indexing tensors: no DataLoader, no per-item collation.
+                order = torch.randperm(len(data), device=data.device)
+                for batch in order.split(config["train_batch_size"]):
+                    c = None if run.labels is None else run.labels[batch]
+                    eps = None if run.noise is None else run.noise[batch]  # reflow's pairs
+                    run.losses[step] = train_step(run, data[batch], c, eps, objective)
+                    step += 1
+                epoch_losses = run.losses[step - B : step]  # read with one sync per epoch
+                epoch_loss, worst = torch.stack((epoch_losses.mean(), epoch_losses.max())).tolist()
+                if not worst <= DIVERGED_LOSS:  # also catches NaN
+                    return "diverged"
+                bar.set_postfix(loss=f"{epoch_loss:.4f}", refresh=False)
+                bar.update(B)
+                if is_frame_epoch(run.epoch, config):
+                    frame(run)
+                run.epoch += 1
+                if ctrl_c.requested:
+                    return "interrupted"
+        finally:
+            finish_frames(run)
     return "done"
 
 
@@ -837,6 +855,7 @@ def consistency_frame(run: Run) -> None:
     score best against training points (evaluate.best_of), from other noise than frames'."""
     if run.epoch < run.config["num_epochs"] - 1:
         return sample_frame(run)
+    finish_frames(run)  # the frames' sampler reads run.method, whose levels the search sets
     seed, sigma_max = run.config["seed"] + 1, run.method.sigma_max
     generator = torch.Generator(run.data.device).manual_seed(seed)
     reference = run.data[torch.randperm(len(run.data), generator=generator)].cpu().numpy()
@@ -888,12 +907,13 @@ def experiment(config: dict, dataset: datasets.Dataset, checkpoint: dict | None 
         run_folder.stop_early(out_dir, saved, labels, limits, diverged_at=first_bad)
     if not run.frames:  # --num_epochs 0: only sample the checkpoint
         sample_frame(run)
-    tic = time.perf_counter()
+        finish_frames(run)
+    tic, straight = time.perf_counter(), SECOND_THREAD.submit(path_straightness, run)
     metrics = evaluate.evaluate(run.frames[-1].numpy(), dataset, config["seed"], labels=labels)
     seconds |= {"frames": run.frame_seconds, "evaluate": time.perf_counter() - tic}
     tic = time.perf_counter()
-    metrics |= {"nfe": num_evals, "straightness": path_straightness(run)}
-    seconds["straightness"] = time.perf_counter() - tic
+    metrics |= {"nfe": num_evals, "straightness": straight.result()}
+    seconds["straightness"] = time.perf_counter() - tic  # the wait for it after scoring
     seconds |= {"pairs": run.pairs["seconds"]} if run.pairs else {}
     saved = checkpoints.state_of(run)
     print(run_folder.save_run(out_dir, saved, labels, limits, metrics, seconds, started))

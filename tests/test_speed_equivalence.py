@@ -65,3 +65,24 @@ def test_bench_counts_the_flops_torch_counts_in_a_training_step():
     # directional embedding's (x, y) K
     assert len(bench.step_matmuls(run, x_0)) == 15
     assert sum(flops for flops, _ in bench.step_matmuls(run, x_0)) == counter.get_total_flops()
+
+
+def test_frames_sampled_beside_training_are_those_of_the_ema_at_their_epoch():
+    # sample_frame copies the frames' D and samples on the second thread while training goes on;
+    # the same points, in the same order, as sampling then and there in line
+    config = CONFIG | {"dataset": "line", "num_epochs": 4, "save_images_step": 1}
+    config |= {"eval_batch_size": 200, "num_inference_steps": 4}
+    run = ddpm.make_run(config, datasets.load("line"))
+    in_line = []
+
+    def frame(run):
+        ddpm.sample_frame(run)
+        in_line.append(ddpm.frame_points(run, config["seed"]) * run.scale + run.shift)
+
+    torch.manual_seed(0)
+    assert ddpm.train(run, frame=frame) == "done"
+    assert run.frame_epochs == [0, 1, 2, 3] and not run.frames_started
+    assert len(run.frames) == len(in_line) == 4
+    for beside, then in zip(run.frames, in_line):
+        assert torch.equal(beside, then)
+    assert not torch.equal(run.frames[0], run.frames[-1])  # each from its own epoch's EMA
