@@ -335,10 +335,10 @@ def test_the_discrete_figure_from_tiny_runs(tmp_path, monkeypatch):
 def test_the_fourier_scale_table_names_autos_number_beside_each_scales_kl(
     tmp_path, monkeypatch, tiny_runs
 ):
-    monkeypatch.setattr(figures, "FOURIER_SCALES", {"25": ["0"], "auto": ["0"]})
+    monkeypatch.setattr(figures, "FOURIER_SCALES", [("25", "-2", ["0"]), ("auto", "-1.5", ["0"])])
     header, _, *rows = figures.fourier_scale_table(tmp_path).splitlines()
-    assert header.startswith("| Fourier scale | NLL | KL(data ‖ model) | KL per seed |")
+    assert header.startswith("| Fourier scale | P_mean | NLL | KL(data ‖ model) | KL per seed |")
     auto = round(positional_embeddings.fourier_scale(datasets.load("dino").train_set()[0]), 1)
     cells = [row.strip("| ").split(" | ") for row in rows]
-    assert [cell[0] for cell in cells] == ["25", f"{auto:g}"]
-    assert all(float(cell[3]) > 0 for cell in cells)  # a 2-epoch network is far from the data
+    assert [cell[:2] for cell in cells] == [["25", "-2"], [f"{auto:g}", "-1.5"]]
+    assert all(float(cell[4]) > 0 for cell in cells)  # a 2-epoch network is far from the data
