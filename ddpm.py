@@ -686,22 +686,22 @@ def is_frame_epoch(epoch: int, config: dict) -> bool:
 
 
 def frame_points(run: Run, seed: int, denoiser=None, **options) -> torch.Tensor:
-    """eval_batch_size points (n, 2) of denoiser (the frames' D) from seed: the run's sampler."""
+    """eval_batch_size points (n, 2) of the frames' D or denoiser from seed (sampler: the run's)."""
     config, generator = run.config, torch.Generator(run.data.device).manual_seed(seed)
     clip_range, n = run.clip_range if config["clip_x0"] else None, config["eval_batch_size"]
     sampling = {"clip_range": clip_range, "c": run.frame_classes, "start_moments": run.moments}
     options = sampling_options(config) | sampling | options
-    return sample((denoiser or run.denoiser).eval(), run.method, n, generator, **options)
+    D = run.denoiser if denoiser is None else denoiser
+    return sample(D.eval(), run.method, n, generator, **options)
 
 
-# Frames and the straightness need no training: they run on a second thread, on the core that a
-# run's one torch thread leaves idle (options.use_run_threads), and draw the same points.
+# Frames (the animation follows the same x_T) and the straightness need no training: they run on a
+# second thread, on the core a run's one torch thread leaves idle (options.use_run_threads).
 SECOND_THREAD = ThreadPoolExecutor(max_workers=1)
 
 
 def sample_frame(run: Run) -> None:
-    """Start a frame (frame_points) of a copy of the frames' D on the second thread, with the same
-    x_T every frame: the animation follows them."""
+    """Start a frame of a copy of the frames' D on the second thread; the same x_T every frame."""
     denoiser = copy.deepcopy(run.denoiser)
     run.frames_started.append(SECOND_THREAD.submit(frame_points, run, run.config["seed"], denoiser))
     run.frame_epochs.append(run.epoch)

@@ -483,10 +483,10 @@ def likelihood_table(exps_dir: Path, name: str = "defaults") -> str:
     return ablate.write_table(rows, exps_dir / "ablations" / f"likelihood_{name}")
 
 
-# The dino's KL against the Fourier scale, seeds as listed ("auto": the default's number): the
-# scale that fits its density best is not the one that draws its dots sharpest.
-# The dino's runs of fourier_scale_table: (Fourier scale, P_mean, seeds). A higher P_mean than
-# the default -2 trains less at the finest noise levels.
+# The dino's runs of fourier_scale_table: (Fourier scale, P_mean, seeds), "auto" the default's
+# number. The scale that fits its density best is not the one that draws its dots sharpest, and
+# a higher P_mean than the default -2 (less training at the finest noise levels) buys KL with
+# precision.
 FOURIER_SEEDS = ["0", "1", "2"]
 FOURIER_SCALES = [("25", "-2", ["0"]), ("30", "-2", FOURIER_SEEDS), ("35", "-2", ["0"])]
 FOURIER_SCALES += [(scale, "-2", FOURIER_SEEDS) for scale in ("35.5", "38", "40", "42", "45", "50")]
