@@ -278,9 +278,11 @@ def build_parser(choices: dict) -> ArgumentParser:
         help="the highest frequency of the embedding of x and y, in radians per unit of the "
         "network's input (Tancik et al. 2020's Fourier-feature scale): higher lets the MLP draw "
         "finer detail, and roughens a smooth density. auto: from the training points' spacing, "
-        f"2 pi over {WAVELENGTH_GAPS:g} times the median gap to a nearest neighbour in stds (the "
-        "units EDM's network sees): about 100 for the dino's dots, 10 for a smooth Gaussian of "
-        "8000 points (RESULTS.md, the likelihood); config.json keeps the number",
+        f"2 pi over {WAVELENGTH_GAPS:g} times the points' typical gap in stds (the units EDM's "
+        "network sees): the geometric mean over k = 1, 2, 4, ..., 512 of the median distance to "
+        "the k-th nearest neighbour over sqrt(k). About 40 for the dino's dots, 10 for a smooth "
+        "Gaussian of 8000 points (positional_embeddings.fourier_scale); config.json keeps the "
+        "number",
     )
     guidance.add_argument(
         "--cond_drop_prob",

@@ -54,22 +54,28 @@ class DirectionalEmbedding(nn.Module):
 
 
 # The Fourier scale of --input_scale auto, from the data: the finest wave spans this many times
-# the typical gap between neighbouring training points. The dino's 8000 points in 142 dots sit
-# 0.0017 std apart: scale 99, which drew its dots as 200 did (seed 0); a smooth Gaussian's 8000
-# points 0.016 apart: scale 10, where 200 roughened its density (KL(data || model) 0.015 nats
-# against 0.16 at seed 0; figures.py --likelihood). Half as many gaps (twice the scale) left the
-# KL of the ring of Gaussians at 0.09 and the circle's at 0.45.
-WAVELENGTH_GAPS = 37.0
+# the data's typical gap, the geometric mean over k = 1, 2, 4, ..., 512 of the median distance to
+# the k-th nearest neighbour over sqrt(k) (in stds). On smooth 2D data every term is about the
+# nearest-neighbour gap (the k-th distance grows as sqrt(k)), so there the rule is the median gap
+# rule of old with 33.8 gaps in place of 37 (Gaussian 10.2, ring of 8 Gaussians 15.8: KL 0.018
+# and 0.047 nats over seeds 0-2, against 0.019 and 0.050 at 10.3 and 16.3); the dino's 142 dots
+# of ~56 points hold the small k to a dot's size while k >= 64 reach across dots, which brings its
+# scale from 99 to 40 (KL 0.711 against 0.890, seeds 0-2; issue #32).
+WAVELENGTH_GAPS = 33.8
+NEIGHBOUR_RANKS = 2 ** np.arange(10)  # k = 1, 2, 4, ..., 512
 
 
 def fourier_scale(points: np.ndarray) -> float:
     """The input_scale for training points (m, 2): 2 pi / (WAVELENGTH_GAPS * gap), with gap the
-    median distance from a point to its nearest neighbour, each axis divided by its std: units
-    that do not change when the data is shifted or stretched, and about those EDM's network sees
-    (c_in x ~ x / sigma_data at low noise); repeated points count once."""
+    geometric mean over k in NEIGHBOUR_RANKS (those below the number of points) of the median
+    distance from a point to its k-th nearest neighbour, divided by sqrt(k); each axis divided by
+    its std: units that do not change when the data is shifted or stretched, and about those
+    EDM's network sees (c_in x ~ x / sigma_data at low noise); repeated points count once."""
     z = np.unique(np.asarray(points, dtype=np.float64), axis=0)  # (m', 2)
     z = (z - z.mean(0)) / z.std(0)
-    gap = float(np.median(cKDTree(z).query(z, 2)[0][:, 1]))  # column 0: the point itself
+    ranks = NEIGHBOUR_RANKS[NEIGHBOUR_RANKS < len(z)]
+    distances = cKDTree(z).query(z, ranks + 1)[0]  # (m', ranks): column 0 of a query is itself
+    gap = math.exp(np.mean(np.log(np.median(distances, axis=0) / np.sqrt(ranks))))
     return 2 * math.pi / (WAVELENGTH_GAPS * gap)
 
 

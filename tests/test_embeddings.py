@@ -68,24 +68,26 @@ def test_the_denoiser_predicts_one_eps_per_point(time_embedding, input_embedding
     assert model(torch.randn(5, 2), torch.randint(0, 50, (5,))).shape == (5, 2)
 
 
-def test_the_data_derived_scale_is_2_pi_over_its_gaps_on_a_grid():
-    # A 20 x 10 grid of steps 1 (x) and 3 (y): divided by their stds, sqrt(399 / 12) and
-    # 3 sqrt(99 / 12), an x step (0.173) is shorter than a y step (0.348): every point's nearest
-    # neighbour is an x step away, so the median gap is 1 / std_x.
-    x, y = np.meshgrid(np.arange(20.0), 3 * np.arange(10.0))
-    grid = np.stack((x.ravel(), y.ravel()), 1)  # (200, 2)
-    expected = 2 * math.pi / (WAVELENGTH_GAPS / math.sqrt(399 / 12))
-    assert fourier_scale(grid) == pytest.approx(expected, rel=1e-9)
+def test_the_data_derived_scale_on_a_grid_is_between_one_step_and_sqrt_pi_steps():
+    # A 40 x 40 grid of unit steps, in stds (sqrt(1599 / 12) per axis): the nearest neighbour is
+    # a step away, the k-th of an inner point about sqrt(k / pi) steps for large k, so the gap
+    # lies between 1 / sqrt(pi) and 1 step
+    x, y = np.meshgrid(np.arange(40.0), np.arange(40.0))
+    grid = np.stack((x.ravel(), y.ravel()), 1)  # (1600, 2)
+    one_step = 2 * math.pi * math.sqrt(1599 / 12) / WAVELENGTH_GAPS  # the scale of a gap of 1
+    scale = fourier_scale(grid)
+    assert one_step < scale < math.sqrt(math.pi) * one_step
     # shifted and stretched per axis, or with every point twice: the same scale
-    assert fourier_scale(grid * [7.0, -0.5] + [100.0, 3.0]) == pytest.approx(expected, rel=1e-9)
-    assert fourier_scale(np.concatenate((grid, grid))) == pytest.approx(expected, rel=1e-9)
+    assert fourier_scale(grid * [7.0, -0.5] + [100.0, 3.0]) == pytest.approx(scale, rel=1e-9)
+    assert fourier_scale(np.concatenate((grid, grid))) == pytest.approx(scale, rel=1e-9)
 
 
-def test_the_data_derived_scale_is_high_for_dots_and_low_for_a_smooth_density():
-    # the dino's 142 jittered dots near 100; 8000 draws of a Gaussian near 10
+def test_the_data_derived_scale_is_lower_on_dots_than_the_nearest_gap_says():
+    # the dino's 142 jittered dots near 40 (the nearest gap alone: near 100); 8000 draws of a
+    # Gaussian near 10
     dino = datasets.load("dino").train_set()[0]
     gaussian = np.random.default_rng(0).normal(size=(8000, 2))
-    assert 70 < fourier_scale(dino) < 130 and 5 < fourier_scale(gaussian) < 15
+    assert 30 < fourier_scale(dino) < 50 and 5 < fourier_scale(gaussian) < 15
 
 
 def test_a_model_needs_autos_number_first():
