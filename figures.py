@@ -38,14 +38,14 @@ STATIC_DIR = PROJECT_DIR / "static"
 # (EDM); the swept value wins.
 ABLATIONS = [
     ("learning_rate", ["1e-2", "2e-3", "5e-4", "1e-4"]),
-    ("num_inference_steps", ["3", "6", "12", "25"]),  # Heun: 5, 11, 23 and 49 NFE
+    ("num_inference_steps", ["12", "25", "50", "100"]),  # SDE: as many NFE
     ("input_embedding", ["directional", "sinusoidal", "learnable", "linear", "identity"]),
     ("hidden_size", ["32", "64", "128", "256"]),
 ]
 SNAPSHOTS = 6  # columns of the process figure
 # The GIF: forward frames at 0 and at geometric noise levels up to the sampler's start, then every
 # state of the sampler; milliseconds per frame, the last one held.
-GIF_FORWARD_FRAMES, GIF_MS = 30, {"forward": 80, "reverse": 300, "last": 1500}
+GIF_FORWARD_FRAMES, GIF_MS = 30, {"forward": 80, "reverse": 100, "last": 1500}
 
 
 def forward_process(config: dict, sigmas, n: int = 1000, seed: int = 0) -> list[tuple]:
@@ -175,7 +175,7 @@ def field_figure(exps_dir: Path, path: Path) -> str:
 PATHS = [
     ("DDPM, ancestral", ["--method", "ddpm"], {}),  # its own 50 steps on its trained levels
     ("flow, Euler", ["--method", "flow"], {"sampler": "euler", "num_inference_steps": 50}),
-    ("EDM, Heun ODE", [], {"s_churn": 0.0}),  # the default's 12 steps, without the churn
+    ("EDM, Heun ODE", [], {"sampler": "heun", "num_inference_steps": 12, "s_churn": 0.0}),
     ("EDM, SDE", [], {"sampler": "sde", "num_inference_steps": 50, "s_churn": 0.0}),
 ]
 PATH_COUNT = 30
@@ -290,21 +290,24 @@ def _off_support(runs: list[dict]) -> str:
 # Each method trained at the default budget, and the flow's 2-rectified flow (its reflow, sec. 6).
 NFE_ROWS = {"DDPM": ["--method", "ddpm"], "flow": ["--method", "flow"], "EDM": []}
 NFE_COLUMNS, NFE_SEEDS = [1, 2, 4, 8, 23, 50], ["0", "1", "2"]
+HEUN_12 = ["--sampler", "heun", "--num_inference_steps", "12"]  # 23 NFE, the default until #32
 
 
 def nfe_sampler(row: str, nfe: int) -> list[str]:
     """The sampler of a row at nfe network evaluations: DDPM its ancestral steps on its trained
     levels (Ho et al. 2020, Alg. 2); the flows Euler steps even in t (Liu et al. 2023); EDM its
-    default at 23 (Heun with churn), the SDE at 50 (RESULTS.md's sampler study: better on every
-    dataset) and below 23 Euler on its rho = 7 grid without churn (Heun counts odd NFE only)."""
+    default at 50 (the SDE with churn), 12 Heun steps with churn at 23, and below 23 Euler on its
+    rho = 7 grid without churn (Heun counts odd NFE only)."""
     steps = ["--num_inference_steps", str(nfe)]
     if row == "DDPM":
         return ["--sampler", "ddpm", *steps]
     if row != "EDM":
         return ["--sampler", "euler", *steps]
-    if nfe == 23:
+    if nfe == 50:
         return []
-    return ["--sampler", "sde" if nfe == 50 else "euler", "--s_churn", "0", *steps]
+    if nfe == 23:
+        return HEUN_12
+    return ["--sampler", "euler", "--s_churn", "0", *steps]
 
 
 def nfe_runs(seed: str, exps_dir: Path) -> dict[str, Path]:
@@ -484,14 +487,13 @@ def likelihood_table(exps_dir: Path, name: str = "defaults") -> str:
 
 
 # The dino's runs of fourier_scale_table: (Fourier scale, P_mean, seeds), "auto" the default's
-# number. The scale that fits its density best is not the one that draws its dots sharpest, and
-# a higher P_mean than the default -2 (less training at the finest noise levels) buys KL with
-# precision.
+# number (40 on the dino) and 99.1 what the nearest gap alone gave it. The scale that fits its
+# density best is not the one that draws its dots sharpest, and a higher P_mean (less training at
+# the finest noise levels) buys KL with precision.
 FOURIER_SEEDS = ["0", "1", "2"]
-FOURIER_SCALES = [("25", "-2", ["0"]), ("30", "-2", FOURIER_SEEDS), ("35", "-2", ["0"])]
-FOURIER_SCALES += [(scale, "-2", FOURIER_SEEDS) for scale in ("35.5", "38", "40", "42", "45", "50")]
-FOURIER_SCALES += [("70", "-2", ["0"]), ("auto", "-2", FOURIER_SEEDS), ("200", "-2", FOURIER_SEEDS)]
-FOURIER_SCALES += [("40", "-1.75", FOURIER_SEEDS), ("40", "-1.5", FOURIER_SEEDS)]
+FOURIER_SCALES = [("25", "-1.75", ["0"])]
+FOURIER_SCALES += [(scale, "-1.75", FOURIER_SEEDS) for scale in ("30", "auto", "50", "99.1", "200")]
+FOURIER_SCALES += [("auto", "-2", FOURIER_SEEDS), ("99.1", "-2", FOURIER_SEEDS)]
 FOURIER_SCALES += [("auto", "-1.5", FOURIER_SEEDS)]
 
 
@@ -613,13 +615,14 @@ def guidance_sweep(exps_dir: Path) -> str:
 # The defaults on every dataset and seed, and the sampler study on the same checkpoints.
 DEFAULT_DATASETS, DEFAULT_SEEDS = ["dino", "moons", "line", "circle"], ["0", "1", "2"]
 SAMPLER_SETTINGS = {  # row label: the options that sample each default checkpoint again
-    "Heun 12, sigma_max eps (23)": ["--init_noise", "scaled", "--s_churn", "0"],
-    "Heun 12, data start (23)": ["--s_churn", "0"],
-    "Heun 12, sigma_max eps, churn 2 (23)": ["--init_noise", "scaled"],
-    "Heun 12, data start, churn 1 (23)": ["--s_churn", "1"],
-    "**Heun 12, data start, churn 2 (23): the default**": None,  # the run's own samples
-    "Heun 20, data start (39)": ["--num_inference_steps", "20", "--s_churn", "0"],
-    "SDE 50, data start, churn 2 (50)": ["--sampler", "sde", "--num_inference_steps", "50"],
+    "Heun 12, sigma_max eps (23)": [*HEUN_12, "--init_noise", "scaled", "--s_churn", "0"],
+    "Heun 12, data start (23)": [*HEUN_12, "--s_churn", "0"],
+    "Heun 12, data start, churn 2 (23)": HEUN_12,
+    "SDE 25, data start, churn 2 (25)": ["--num_inference_steps", "25"],
+    "SDE 50, sigma_max eps, churn 2 (50)": ["--init_noise", "scaled"],
+    "SDE 50, data start (50)": ["--s_churn", "0"],
+    "**SDE 50, data start, churn 2 (50): the default**": None,  # the run's own samples
+    "SDE 100, data start, churn 2 (100)": ["--num_inference_steps", "100"],
 }
 
 
@@ -942,11 +945,12 @@ def consistency_runs(dataset: str, seed: str, exps_dir: Path) -> dict[str, Path]
     runs["consistency"] = ablate.run_once(
         [*base, "--consistency", str(runs["teacher"] / "model.pth")], exps_dir
     )
-    for name, counts in (("consistency", CONSISTENCY_NFE), ("teacher", TEACHER_STEPS)):
+    few = (("consistency", CONSISTENCY_NFE, []), ("teacher", TEACHER_STEPS, ["--sampler", "heun"]))
+    for name, counts, sampler in few:  # the teacher's fewest by its ODE, not its default SDE
         for n in counts if dataset in ("dino", "moons") else []:
             args = ["--checkpoint", str(runs[name] / "model.pth"), "--num_epochs", "0"]
             runs[name, n] = ablate.run_once(
-                [*args, "--seed", seed, "--num_inference_steps", str(n)], exps_dir
+                [*args, *sampler, "--seed", seed, "--num_inference_steps", str(n)], exps_dir
             )
     return runs
 
@@ -963,7 +967,7 @@ def consistency_table(exps_dir: Path) -> str:
                 continue
             trained = runs[key[0] if isinstance(key, tuple) else key]
             metrics = ablate.score(out)
-            name = "consistency" if "consistency" in key else "edm (teacher), heun"
+            name = "consistency" if "consistency" in key else f"edm (teacher), {ddpm.EDM.sampler}"
             seconds = json.loads((trained / "metrics.json").read_text())["seconds"]["train"]
             scores.setdefault((dataset, name, metrics["nfe"]), []).append(metrics | {"s": seconds})
     rows = [
@@ -977,7 +981,7 @@ def consistency_table(exps_dir: Path) -> str:
 
 def consistency_figure(exps_dir: Path, path: Path) -> None:
     """static/consistency.png: seed 0's consistency model of the dino and moons at 1, 2 and 4
-    NFE, beside its teacher's samples at 23 NFE (each run's last frame), with their scores."""
+    NFE, beside its teacher's samples (each run's last frame), with their scores."""
     cells, classes, titles = [], [], []
     for dataset in ("dino", "moons"):
         runs = consistency_runs(dataset, CONSISTENCY_SEEDS[0], exps_dir)
@@ -986,7 +990,8 @@ def consistency_figure(exps_dir: Path, path: Path) -> None:
         titles.append([_triple(*(ablate.score(out)[key] for key in METRICS)) for out in outs])
         labels = [out / "frame_labels.npy" for out in outs]
         classes.append([np.load(f) if f.is_file() else None for f in labels])
-    columns = ["consistency, 1 NFE", "2 NFE", "4 NFE", "teacher (edm), 23 NFE"]
+    teacher = f"teacher (edm), {ddpm.nfe(ddpm.EDM.sampler, ddpm.EDM.steps)} NFE"
+    columns = ["consistency, 1 NFE", "2 NFE", "4 NFE", teacher]
     labels = {"row_labels": ["dino", "moons"], "col_labels": columns, "titles": titles}
     plots.save_grid(cells, path, classes=classes, **labels)
 

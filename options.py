@@ -228,9 +228,9 @@ def build_parser(choices: dict) -> ArgumentParser:
     edm.add_argument(
         "--P_mean",
         type=finite(float),
-        default=-2.0,
+        default=-1.75,
         help="mean of ln sigma in training (Karras et al. use -1.2 for images; lower puts "
-        "more training on the fine detail of these shapes)",
+        "more training on the fine detail of these shapes, higher fits their density better)",
     )
     edm.add_argument(
         "--P_std", type=positive(float), default=1.5, help="std of ln sigma in training"
@@ -333,7 +333,7 @@ def build_parser(choices: dict) -> ArgumentParser:
         help="ancestral DDPM steps, DDIM steps (--eta), or EDM's Euler or Heun steps of the "
         "probability-flow ODE (Heun: 2 network evaluations per step but the last), or "
         "Euler-Maruyama steps of the reverse-time SDE (sde) (default: the method's own: ddpm for "
-        "ddpm, heun for flow and edm)",
+        "ddpm, heun for flow, sde for edm)",
     )
     advanced.add_argument(
         "--grid",
@@ -348,7 +348,7 @@ def build_parser(choices: dict) -> ArgumentParser:
         type=positive(int),
         default=None,
         help="sampling steps, on the timesteps grid a subset of the T timesteps (default: the "
-        "method's own: all T for ddpm, 12 for flow and edm)",
+        "method's own: all T for ddpm, 12 for flow, 50 for edm)",
     )
     advanced.add_argument(
         "--sigma_min",

@@ -94,7 +94,7 @@ def test_a_tiny_run_writes_every_output_and_beats_pure_noise(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     out = tmp_path / "tiny"
-    assert "NFE = 23" in result.stdout + result.stderr and str(out) in result.stdout
+    assert "NFE = 50" in result.stdout + result.stderr and str(out) in result.stdout
     for name in [
         "model.pth",
         "config.json",
