@@ -292,9 +292,7 @@ class EDM:
     """Karras et al. 2022: D = c_skip x + c_out F(c_in x; c_noise). The preconditioning (their
     Table 1) keeps F's input and target at unit variance for data of std sigma_data."""
 
-    # sampling: 50 Euler-Maruyama steps of the SDE, 50 NFE, with churn; they draw the swiss roll's
-    # and the ring's mass along their arcs where 12 Heun steps of the ODE misplace it (RESULTS.md)
-    grid, sampler, steps, s_churn = "karras", "sde", 50, 2.0
+    grid, sampler, steps, s_churn = "karras", "sde", 50, 2.0  # 50 NFE: the ODE misplaces arcs' mass
 
     def __init__(self, sigma_data: float, P_mean: float, P_std: float, sigma_min, sigma_max):
         self.sigma_data, self.P_mean, self.P_std = sigma_data, P_mean, P_std

@@ -69,8 +69,8 @@ def test_the_process_figure_and_the_animation_in_one_noise_unit(tiny_run, tmp_pa
     cell = round(plots.CELL_INCHES * plots.DPI)
     assert image_size(process) == ((figures.SNAPSHOTS * cell, 2 * cell), 1)
     side = round(plots.LARGE_INCHES * plots.DPI)  # 480 px: big enough to see sharpness
-    # sigma = 0 and GIF_FORWARD_FRAMES levels forward, the default (edm) sampler's 12 steps + 1 back
-    frames = 1 + figures.GIF_FORWARD_FRAMES + 12 + 1
+    # sigma = 0 and GIF_FORWARD_FRAMES levels forward, the default (edm) sampler's steps + 1 back
+    frames = 1 + figures.GIF_FORWARD_FRAMES + ddpm.EDM.steps + 1
     assert image_size(gif) == ((side, side), frames)
     with Image.open(gif) as image:
         durations = []
@@ -93,7 +93,7 @@ def test_forward_process_ends_in_noise_and_reverse_process_ends_near_the_data(ti
     assert abs(forward[-1][1].std() - 1) < 0.1  # x_0 + 100 eps, shown / sqrt(1 + 100^2): ~ N(0, I)
     reverse = figures.reverse_process(tiny_run / "model.pth")
     sigmas = [sigma for sigma, _ in reverse]
-    assert len(sigmas) == 12 + 1 and sigmas == sorted(sigmas, reverse=True) and sigmas[-1] == 0
+    assert len(sigmas) == ddpm.EDM.steps + 1 and sigmas == sorted(sigmas, reverse=True) and sigmas[-1] == 0
 
 
 def test_an_ablation_sweep_draws_a_row_per_value_writes_its_table_and_reuses_its_runs(tmp_path):
