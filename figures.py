@@ -967,7 +967,8 @@ def consistency_table(exps_dir: Path) -> str:
                 continue
             trained = runs[key[0] if isinstance(key, tuple) else key]
             metrics = ablate.score(out)
-            name = "consistency" if "consistency" in key else f"edm (teacher), {ddpm.EDM.sampler}"
+            sampler = "heun" if isinstance(key, tuple) else ddpm.EDM.sampler  # the few-step rows
+            name = "consistency" if "consistency" in key else f"edm (teacher), {sampler}"
             seconds = json.loads((trained / "metrics.json").read_text())["seconds"]["train"]
             scores.setdefault((dataset, name, metrics["nfe"]), []).append(metrics | {"s": seconds})
     rows = [

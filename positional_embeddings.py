@@ -56,11 +56,11 @@ class DirectionalEmbedding(nn.Module):
 # The Fourier scale of --input_scale auto, from the data: the finest wave spans this many times
 # the data's typical gap, the geometric mean over k = 1, 2, 4, ..., 512 of the median distance to
 # the k-th nearest neighbour over sqrt(k) (in stds). On smooth 2D data every term is about the
-# nearest-neighbour gap (the k-th distance grows as sqrt(k)), so there the rule is the median gap
-# rule of old with 33.8 gaps in place of 37 (Gaussian 10.2, ring of 8 Gaussians 15.8: KL 0.018
-# and 0.047 nats over seeds 0-2, against 0.019 and 0.050 at 10.3 and 16.3); the dino's 142 dots
-# of ~56 points hold the small k to a dot's size while k >= 64 reach across dots, which brings its
-# scale from 99 to 40 (KL 0.711 against 0.890, seeds 0-2; issue #32).
+# nearest-neighbour gap (the k-th distance grows as sqrt(k)): a Gaussian of 8000 points gets 10,
+# a ring of 8 Gaussians 16 (KL(data || model) 0.016 and 0.052 nats, seeds 0-2; 0.14 and 0.27 at
+# a fixed 200, seed 0). The dino's 142 dots of ~56 points hold the small k to a dot's size while
+# k >= 64 reach across dots: 40, where the nearest gap alone gave 99 (KL 0.691 against 0.780;
+# issue #32, RESULTS.md "The likelihood on every dataset").
 WAVELENGTH_GAPS = 33.8
 NEIGHBOUR_RANKS = 2 ** np.arange(10)  # k = 1, 2, 4, ..., 512
 

@@ -93,7 +93,8 @@ def test_forward_process_ends_in_noise_and_reverse_process_ends_near_the_data(ti
     assert abs(forward[-1][1].std() - 1) < 0.1  # x_0 + 100 eps, shown / sqrt(1 + 100^2): ~ N(0, I)
     reverse = figures.reverse_process(tiny_run / "model.pth")
     sigmas = [sigma for sigma, _ in reverse]
-    assert len(sigmas) == ddpm.EDM.steps + 1 and sigmas == sorted(sigmas, reverse=True) and sigmas[-1] == 0
+    assert len(sigmas) == ddpm.EDM.steps + 1 and sigmas[-1] == 0
+    assert sigmas == sorted(sigmas, reverse=True)
 
 
 def test_an_ablation_sweep_draws_a_row_per_value_writes_its_table_and_reuses_its_runs(tmp_path):
