@@ -3,12 +3,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.spatial import cKDTree
 
 import datasets
 import ddpm
 import options
 from positional_embeddings import (
     EMBEDDINGS,
+    NEIGHBOUR_RANKS,
+    QUERY_POINTS,
     WAVELENGTH_GAPS,
     DirectionalEmbedding,
     SinusoidalEmbedding,
@@ -88,6 +91,18 @@ def test_the_data_derived_scale_is_lower_on_dots_than_the_nearest_gap_says():
     dino = datasets.load("dino").train_set()[0]
     gaussian = np.random.default_rng(0).normal(size=(8000, 2))
     assert 30 < fourier_scale(dino) < 50 and 5 < fourier_scale(gaussian) < 15
+
+
+def test_on_many_points_the_scale_takes_its_medians_over_a_sample_of_them():
+    # 30 000 draws of a Gaussian: the medians over QUERY_POINTS of them, against every point's
+    # own k-th neighbours (the rule over all of them, computed here)
+    z = np.random.default_rng(1).normal(size=(30_000, 2))
+    ranks = NEIGHBOUR_RANKS
+    z_std = (z - z.mean(0)) / z.std(0)
+    medians = np.median(cKDTree(z_std).query(z_std, ranks + 1)[0], axis=0)
+    gap = math.exp(np.mean(np.log(medians / np.sqrt(ranks))))
+    assert QUERY_POINTS < len(z)
+    assert fourier_scale(z) == pytest.approx(2 * math.pi / (WAVELENGTH_GAPS * gap), rel=0.02)
 
 
 def test_a_model_needs_autos_number_first():
