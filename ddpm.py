@@ -685,14 +685,14 @@ def is_frame_epoch(epoch: int, config: dict) -> bool:
     return epoch % config["save_images_step"] == 0 or epoch == config["num_epochs"] - 1
 
 
-def frame_points(run: Run, seed: int, denoiser=None, **options) -> torch.Tensor:
-    """eval_batch_size points (n, 2) of the frames' D or denoiser from seed (sampler: the run's)."""
+def frame_points(run: Run, seed: int, snapshot=None, **options) -> torch.Tensor:
+    """eval_batch_size points (n, 2) from seed of the frames' D and method, or of snapshot's."""
     config, generator = run.config, torch.Generator(run.data.device).manual_seed(seed)
     clip_range, n = run.clip_range if config["clip_x0"] else None, config["eval_batch_size"]
     sampling = {"clip_range": clip_range, "c": run.frame_classes, "start_moments": run.moments}
     options = sampling_options(config) | sampling | options
-    D = run.denoiser if denoiser is None else denoiser
-    return sample(D.eval(), run.method, n, generator, **options)
+    D, method = (run.denoiser, run.method) if snapshot is None else snapshot
+    return sample(D.eval(), method, n, generator, **options)
 
 
 # Frames (the animation follows the same x_T) and the straightness need no training: they run on a
@@ -701,9 +701,10 @@ SECOND_THREAD = ThreadPoolExecutor(max_workers=1)
 
 
 def sample_frame(run: Run) -> None:
-    """Start a frame of a copy of the frames' D on the second thread; the same x_T every frame."""
-    denoiser = copy.deepcopy(run.denoiser)
-    run.frames_started.append(SECOND_THREAD.submit(frame_points, run, run.config["seed"], denoiser))
+    """Start a frame on the second thread, of copies of the frames' D and method as they are at
+    this epoch (training and the consistency level search change them); the same x_T every frame."""
+    snapshot = copy.deepcopy((run.denoiser, run.method))
+    run.frames_started.append(SECOND_THREAD.submit(frame_points, run, run.config["seed"], snapshot))
     run.frame_epochs.append(run.epoch)
 
 
@@ -855,7 +856,6 @@ def consistency_frame(run: Run) -> None:
     score best against training points (evaluate.best_of), from other noise than frames'."""
     if run.epoch < run.config["num_epochs"] - 1:
         return sample_frame(run)
-    finish_frames(run)  # the frames' sampler reads run.method, whose levels the search sets
     seed, sigma_max = run.config["seed"] + 1, run.method.sigma_max
     generator = torch.Generator(run.data.device).manual_seed(seed)
     reference = run.data[torch.randperm(len(run.data), generator=generator)].cpu().numpy()
