@@ -5,6 +5,7 @@ never imports it.
 """
 
 import argparse
+import gc
 import math
 import os
 from contextlib import contextmanager
@@ -638,6 +639,9 @@ def run_command(parser: argparse.ArgumentParser, argv, prepare, experiment) -> t
         print("\n".join(datasets.DATASETS))
         return None
     use_run_threads()
+    # The garbage collector leaves alone the objects that exist now, the imported modules' 260 000:
+    # a full collection skips them (0.1 s of a run), and so does the exit (0.5 s).
+    gc.freeze()
     with errors_in_one_line(parser):
         config, dataset, checkpoint = prepare(parser, argv)
         return config, experiment(config, dataset, checkpoint)
