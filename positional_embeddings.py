@@ -80,7 +80,8 @@ def fourier_scale(points: np.ndarray) -> float:
     ranks = NEIGHBOUR_RANKS[NEIGHBOUR_RANKS < len(z)]
     rng = np.random.default_rng(0)
     queries = z if len(z) <= QUERY_POINTS else z[rng.choice(len(z), QUERY_POINTS, replace=False)]
-    distances = cKDTree(z).query(queries, ranks + 1)[0]  # (q, ranks): column 0 is the point itself
+    # (q, ranks): column 0 is the point itself; workers=-1, every core (0.37 s on one, dino)
+    distances = cKDTree(z).query(queries, ranks + 1, workers=-1)[0]
     gap = math.exp(np.mean(np.log(np.median(distances, axis=0) / np.sqrt(ranks))))
     return 2 * math.pi / (WAVELENGTH_GAPS * gap)
 
