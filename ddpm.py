@@ -670,10 +670,9 @@ def make_run(config: dict, dataset: datasets.Dataset, checkpoint=None, pairs=Non
     # EDM's sigma_data: --sigma_data, else the std of the training data's coordinates,
     # measured once and kept in the checkpoint so the model is always preconditioned alike
     sigma_data = config["sigma_data"] or (checkpoint or {}).get("sigma_data") or data.std().item()
-    denoiser = None
+    parts = {"pairs": pairs}
     if config["denoiser"] == "exact":  # the true distribution's, in training units
-        denoiser = exact.denoiser_of(dataset, config["data_dir"], shift, scale).to(device)
-    parts = {"pairs": pairs, "denoiser": denoiser}
+        parts["denoiser"] = exact.denoiser_of(dataset, config["data_dir"], shift, scale).to(device)
     run = Run(config, data, labels, dataset.classes, shift, scale, sigma_data, **parts)
     if checkpoint:
         checkpoints.restore(run, checkpoint, config["resume"])
@@ -695,8 +694,8 @@ def frame_points(run: Run, seed: int, snapshot=None, **options) -> torch.Tensor:
     return sample(D.eval(), method, n, generator, **options)
 
 
-# Frames (the animation follows the same x_T) and the straightness need no training: they run on a
-# second thread, on the core a run's one torch thread leaves idle (options.use_run_threads).
+# Frames (the animation follows the same x_T), the straightness and the scoring's floor need no
+# training: they run on a second thread, on the core a run's one torch thread leaves idle.
 SECOND_THREAD = ThreadPoolExecutor(max_workers=1)
 
 
@@ -877,8 +876,8 @@ def consistency_frame(run: Run) -> None:
 # ----------------------------------------------------------------------------- 12. Command line
 def experiment(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None) -> dict:
     """Train (or continue, or only sample) a model, score its last frame, write exps/<name>/."""
-    started = time.perf_counter()
-    torch.manual_seed(config["seed"])
+    started, seed, n = time.perf_counter(), config["seed"], config["eval_batch_size"]
+    torch.manual_seed(seed)
     drawn = config["reflow"] and "pairs" not in (checkpoint or {})  # the teacher's pairs to draw
     run = make_run(config, dataset, checkpoint, teacher_pairs(config, dataset) if drawn else None)
     sampling = sampling_options(config)
@@ -896,6 +895,7 @@ def experiment(config: dict, dataset: datasets.Dataset, checkpoint: dict | None 
     out_dir = Path(config["exps_dir"]) / config["experiment_name"]
     labels = None if run.frame_classes is None else run.frame_classes.cpu().numpy()  # (n,)
     limits = plots.padded_limits(dataset.train_set()[0]) if dataset.is_file else None  # a file's
+    floor = SECOND_THREAD.submit(evaluate.w2_floor, dataset, seed, n, labels)  # needs no model
     tic, consistency = time.perf_counter(), [partial(consistency_loss, run), consistency_frame]
     status = train(run, *(consistency if config["consistency"] else []))
     seconds = {"setup": tic - started, "train": time.perf_counter() - tic - run.frame_seconds}
@@ -909,7 +909,7 @@ def experiment(config: dict, dataset: datasets.Dataset, checkpoint: dict | None 
         sample_frame(run)
         finish_frames(run)
     tic, straight = time.perf_counter(), SECOND_THREAD.submit(path_straightness, run)
-    metrics = evaluate.evaluate(run.frames[-1].numpy(), dataset, config["seed"], labels=labels)
+    metrics = evaluate.evaluate(run.frames[-1].numpy(), dataset, seed, labels, floor.result())
     seconds |= {"frames": run.frame_seconds, "evaluate": time.perf_counter() - tic}
     tic = time.perf_counter()
     metrics |= {"nfe": num_evals, "straightness": straight.result()}

@@ -98,3 +98,16 @@ def test_many_samples_are_scored_on_a_subsample_keeping_class_shares():
     assert metrics["per_class"]["upper"]["n"] == evaluate.SCORED_POINTS // 3
     assert metrics["precision"] > 0.85 and metrics["recall"] > 0.85
     assert "(scored on 1000 of 30000 samples)" in evaluate.format_metrics(metrics)
+
+
+def test_a_floor_computed_before_the_samples_scores_them_exactly_as_without_it():
+    # A run computes w2_floor while it trains; the scores must not change, subsampling included.
+    moons = evaluate.datasets.load("moons")
+    labels = np.repeat([0, 1], [600, 900])
+    samples = evaluate.draw_like(moons.draw, labels, len(labels), seed=5)
+    floor = evaluate.w2_floor(moons, 1, len(labels), labels)
+    assert evaluate.evaluate(samples, moons, 1, labels, floor) == evaluate.evaluate(
+        samples, moons, 1, labels
+    )
+    with pytest.raises(AssertionError, match="another scoring's floor"):
+        evaluate.evaluate(samples, moons, 2, labels, floor)  # drawn for seed 1
