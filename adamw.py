@@ -1,11 +1,14 @@
-"""AdamW (Loshchilov & Hutter 2019, Alg. 2) with the learning rate's cosine decay to 0, in one call
-of torch's fused AdamW kernel per step.
+"""AdamW (Loshchilov & Hutter 2019, Alg. 2) with the learning rate's cosine decay to 0 and the
+gradient clipped to a global norm, in one call of torch's fused AdamW kernel per step.
 
 torch.optim.AdamW(fused=True) runs the same kernel, but its first call imports torch's compiler
 (torch._dynamo): 2 to 5 seconds of every run's start-up on a laptop CPU, for a model that is never
 compiled. This class calls the kernel itself. Its state_dict has torch.optim's layout, so
 checkpoints of either resume in the other; tests/test_adamw.py checks it against
 torch.optim.AdamW with CosineAnnealingLR, step for step to the bit.
+
+The clipping does what torch.nn.utils.clip_grad_norm_(foreach=True) does, with the same tensor ops,
+without its per-call regrouping of the tensors by device and type: 0.06 ms of a 3 ms step.
 """
 
 import math
@@ -28,13 +31,21 @@ def cosine_rates(lr: float, total_steps: int) -> list[float]:
 
 class AdamW:
     """theta <- theta - lr_k (m_hat / (sqrt(v_hat) + eps) + weight_decay theta) at step k, lr_k
-    decaying to 0 over total_steps (cosine_rates), or constant if total_steps is None. The
-    defaults are torch.optim.AdamW's."""
+    decaying to 0 over total_steps (cosine_rates), or constant if total_steps is None; the
+    gradient g first scaled by min(1, max_grad_norm / |g|) if max_grad_norm is given, |g| over
+    all parameters (Pascanu et al. 2013, Alg. 2). The other defaults are torch.optim.AdamW's."""
 
     def __init__(
-        self, params, lr, total_steps=None, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2
+        self,
+        params,
+        lr,
+        total_steps=None,
+        max_grad_norm=None,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=1e-2,
     ):
-        self.params = list(params)
+        self.params, self.max_grad_norm = list(params), max_grad_norm
         self.rates = [lr] if total_steps is None else cosine_rates(lr, total_steps)
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
         self.exp_avgs = [torch.zeros_like(p) for p in self.params]  # m, the first moment
@@ -54,9 +65,13 @@ class AdamW:
         def pick(tensors: list) -> list:
             return [tensors[i] for i in chosen]
 
+        grads = [self.params[i].grad for i in chosen]
+        if self.max_grad_norm is not None and grads:  # |g| as the norm of the per-tensor norms
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+            torch._foreach_mul_(grads, torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0))
         torch._foreach_add_(pick(self.steps), 1)
         torch._fused_adamw_(
-            pick(self.params), [self.params[i].grad for i in chosen], pick(self.exp_avgs),
+            pick(self.params), grads, pick(self.exp_avgs),
             pick(self.exp_avg_sqs), [], pick(self.steps), lr=self.learning_rate(),
             beta1=self.betas[0], beta2=self.betas[1], weight_decay=self.weight_decay, eps=self.eps,
             amsgrad=False, maximize=False,

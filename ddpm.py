@@ -630,7 +630,8 @@ class Run:
         steps = config["num_epochs"] * self.batches_per_epoch
         # Cosine decay of the learning rate to 0: the last steps refine instead of jumping around.
         decay_steps = max(steps, 1) if config["lr_decay"] == "cosine" else None
-        self.optimizer = AdamW(self.model.parameters(), config["learning_rate"], decay_steps)
+        # Its gradient clipped to norm 1 before each step (adamw.py), as the original's was
+        self.optimizer = AdamW(self.model.parameters(), config["learning_rate"], decay_steps, 1.0)
         self.losses = torch.full((steps,), math.nan, device=device)  # no sync per step
         self.clip_range = torch.stack((data.min(0).values, data.max(0).values))  # (2, 2): the box
         self.shift, self.scale = shift, scale
@@ -719,8 +720,7 @@ def train_step(run: Run, x_0: torch.Tensor, c=None, eps=None, objective=loss_fn)
     loss = objective(run.model, run.method, x_0, c, run.config["cond_drop_prob"], eps)
     run.optimizer.zero_grad()
     loss.backward()
-    nn.utils.clip_grad_norm_(run.model.parameters(), 1.0, foreach=True)
-    run.optimizer.step()
+    run.optimizer.step()  # the gradient clipped to norm 1, then AdamW's update
     run.ema.update()
     return loss.detach()
 

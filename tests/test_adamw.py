@@ -16,8 +16,9 @@ CONFIG = parsed_config("--hidden_size", "32", "--embedding_size", "16")
 STEPS = 30
 
 
-def losses(model, optimizer, schedule=None, steps=STEPS, seed=1):
-    """AdamW steps on EDM's loss, the same batches for the same seed; the losses."""
+def losses(model, optimizer, schedule=None, steps=STEPS, seed=1, clip=None):
+    """AdamW steps on EDM's loss, the same batches for the same seed; the losses. clip: torch's
+    clip_grad_norm_ to that norm before each step."""
     method = ddpm.make_method(CONFIG, sigma_data=1.0)
     torch.manual_seed(seed)
     seen = []
@@ -25,6 +26,8 @@ def losses(model, optimizer, schedule=None, steps=STEPS, seed=1):
         loss = ddpm.loss_fn(model, method, torch.randn(64, 2))
         optimizer.zero_grad()
         loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True)
         optimizer.step()
         if schedule:
             schedule.step()
@@ -44,6 +47,20 @@ def test_steps_match_torchs_adamw_with_cosine_annealing_to_the_bit():
         assert torch.equal(a, b)
     assert ours.learning_rate() == 0.0  # decayed to 0 at the last step
     assert not torch.equal(model.net[0].weight, ddpm.make_model(CONFIG).net[0].weight)
+
+
+def test_its_clipping_is_torchs_clip_grad_norm_to_the_bit():
+    for max_norm in (1.0, 0.05):  # 1.0 clips most of these steps, 0.05 every one
+        torch.manual_seed(0)
+        model = ddpm.make_model(CONFIG)
+        reference, unclipped = copy.deepcopy(model), copy.deepcopy(model)
+        torch_adamw = torch.optim.AdamW(reference.parameters(), lr=1e-2, fused=True)
+        ours = adamw.AdamW(model.parameters(), 1e-2, max_grad_norm=max_norm)
+        assert losses(model, ours) == losses(reference, torch_adamw, clip=max_norm)
+        for a, b in zip(model.parameters(), reference.parameters()):
+            assert torch.equal(a, b)
+        losses(unclipped, adamw.AdamW(unclipped.parameters(), 1e-2))
+        assert not torch.equal(unclipped.net[0].weight, model.net[0].weight)
 
 
 def test_the_learning_rate_follows_the_half_cosine():
