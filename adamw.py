@@ -8,7 +8,7 @@ checkpoints of either resume in the other; tests/test_adamw.py checks it against
 torch.optim.AdamW with CosineAnnealingLR, step for step to the bit.
 
 The clipping does what torch.nn.utils.clip_grad_norm_(foreach=True) does, with the same tensor ops,
-without its per-call regrouping of the tensors by device and type: 0.06 ms of a 3 ms step.
+without its per-call regrouping of the tensors by device and type: a step 0.13 ms shorter, of 3.
 """
 
 import math
