@@ -736,32 +736,31 @@ def train(run: Run, objective=loss_fn, frame=sample_frame) -> str:
     config, data, B = run.config, run.data, run.batches_per_epoch
     steps, desc = len(run.losses), f"training on {config['dataset']}"
     bar = tqdm(total=steps, initial=run.epoch * B, desc=desc, unit="step", dynamic_ncols=True)
+    status = "done"
     with bar, run_folder.StopOnCtrlC() as ctrl_c:
-        try:
-            while run.epoch < config["num_epochs"]:
-                run.model.train()
-                step = run.epoch * B
-                # Batches by indexing tensors: no DataLoader, no per-item collation.
-                order = torch.randperm(len(data), device=data.device)
-                for batch in order.split(config["train_batch_size"]):
-                    c = None if run.labels is None else run.labels[batch]
-                    eps = None if run.noise is None else run.noise[batch]  # reflow's pairs
-                    run.losses[step] = train_step(run, data[batch], c, eps, objective)
-                    step += 1
-                epoch_losses = run.losses[step - B : step]  # read with one sync per epoch
-                epoch_loss, worst = torch.stack((epoch_losses.mean(), epoch_losses.max())).tolist()
-                if not worst <= DIVERGED_LOSS:  # also catches NaN
-                    return "diverged"
-                bar.set_postfix(loss=f"{epoch_loss:.4f}", refresh=False)
-                bar.update(B)
-                if is_frame_epoch(run.epoch, config):
-                    frame(run)
-                run.epoch += 1
-                if ctrl_c.requested:
-                    return "interrupted"
-        finally:
-            finish_frames(run)
-    return "done"
+        while status == "done" and run.epoch < config["num_epochs"]:
+            run.model.train()
+            step = run.epoch * B
+            # Batches by indexing tensors: no DataLoader, no per-item collation.
+            order = torch.randperm(len(data), device=data.device)
+            for batch in order.split(config["train_batch_size"]):
+                c = None if run.labels is None else run.labels[batch]
+                eps = None if run.noise is None else run.noise[batch]  # reflow's pairs
+                run.losses[step] = train_step(run, data[batch], c, eps, objective)
+                step += 1
+            epoch_losses = run.losses[step - B : step]  # read with one sync per epoch
+            epoch_loss, worst = torch.stack((epoch_losses.mean(), epoch_losses.max())).tolist()
+            if not worst <= DIVERGED_LOSS:  # also catches NaN
+                status = "diverged"
+                break
+            bar.set_postfix(loss=f"{epoch_loss:.4f}", refresh=False)
+            bar.update(B)
+            if is_frame_epoch(run.epoch, config):
+                frame(run)
+            run.epoch += 1
+            status = "interrupted" if ctrl_c.requested else status
+    finish_frames(run)  # not if training raised: its error is the one to report, not a frame's
+    return status
 
 
 # ----------------------------------------------------------------------------- 10. Reflow

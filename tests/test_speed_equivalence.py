@@ -1,7 +1,9 @@
 """The fast paths of a training step compute what the plain ones do."""
 
 import copy
+from concurrent.futures import Future
 
+import pytest
 import torch
 from conftest import parsed_config
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -86,3 +88,24 @@ def test_frames_sampled_beside_training_are_those_of_the_ema_at_their_epoch():
     for beside, then in zip(run.frames, in_line):
         assert torch.equal(beside, then)
     assert not torch.equal(run.frames[0], run.frames[-1])  # each from its own epoch's EMA
+
+
+def test_an_error_in_training_is_reported_as_training_s_not_as_a_failed_frame_s():
+    config = CONFIG | {"dataset": "line", "num_epochs": 3, "save_images_step": 1}
+    run = ddpm.make_run(config, datasets.load("line"))
+
+    def failed_frame(run):  # a frame whose sampling raised on the second thread
+        frame = Future()
+        frame.set_exception(RuntimeError("the frame failed"))
+        run.frames_started.append(frame)
+
+    def objective(*args):
+        if run.epoch == 1:
+            raise RuntimeError("training failed")
+        return ddpm.loss_fn(*args)
+
+    with pytest.raises(RuntimeError, match="training failed"):
+        ddpm.train(run, objective, failed_frame)
+    run.epoch = 2  # past the failing epoch: now the frame's error is the one to report
+    with pytest.raises(RuntimeError, match="the frame failed"):
+        ddpm.train(run, objective, failed_frame)
