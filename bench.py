@@ -3,6 +3,7 @@ share of this machine's matmul throughput, and the default run's wall time.
 
 python bench.py                          # the defaults
 python bench.py --train_batch_size 32    # throughput at the original's batch size
+python bench.py --against ../tiny-diffusion   # the default run beside another checkout's
 
 The step's FLOPs are those of its matmuls, counted from the Linear layers' shapes; the same
 matmuls timed alone give the machine's throughput on the model's own shapes. Their ratio, the
@@ -13,6 +14,7 @@ the threads a run uses: one, unless OMP_NUM_THREADS says otherwise.
 import argparse
 import json
 import math
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +31,7 @@ import options
 from positional_embeddings import DirectionalEmbedding
 
 ROUNDS = 10  # of training steps, then the matmuls alone
+SIDE_BY_SIDE = 3  # runs of each command, alternating: a median of 3 on a machine whose speed drifts
 
 
 def time_it(fn, repeats: int) -> float:
@@ -92,12 +95,22 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--no_run", action="store_true", help="skip the default run")
     parser.add_argument(
+        "--against",
+        type=checkout,
+        metavar="DIR",
+        help=f"time the default run {SIDE_BY_SIDE} times, alternating with `python ddpm.py "
+        "--dataset dino` in DIR (the original tiny-diffusion, say, which writes its outputs "
+        "there), and print the medians and their ratio",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="also print torch.profiler's top operators by self CPU time over 100 steps (the "
         "profiler's own cost per operator inflates the small ones)",
     )
     args = parser.parse_args(argv)
+    if args.against and args.no_run:
+        parser.error("--against times the default run: drop --no_run")
     options.use_run_threads()  # time the step as a run takes it
     B = args.train_batch_size
     run_args = ["--dataset", "line", "--train_batch_size", str(B), *args.run_args.split()]
@@ -149,20 +162,13 @@ def main(argv=None) -> None:
         print(averages.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
     if args.no_run:
         return
-    with tempfile.TemporaryDirectory() as exps:
-        command = [
-            sys.executable,
-            str(options.PROJECT_DIR / "ddpm.py"),
-            "--dataset",
-            "dino",
-            "--exps_dir",
-            exps,
-            *args.run_args.split(),
-        ]
-        tic = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wall = time.perf_counter() - tic
-        metrics = json.loads((Path(exps) / "base" / "metrics.json").read_text())
+    runs, there = [], []  # (wall, metrics) of each run here; the wall times in args.against
+    for _ in range(SIDE_BY_SIDE if args.against else 1):
+        if args.against:
+            command = [sys.executable, "ddpm.py", "--dataset", "dino"]
+            there.append(wall_seconds(command, parser, cwd=args.against))
+        runs.append(default_run(args.run_args, parser))
+    wall, metrics = sorted(runs, key=lambda run: run[0])[len(runs) // 2]  # the median run
     parts = "  ".join(
         f"{name} {value:.1f} s" for name, value in metrics["seconds"].items() if name != "total"
     )
@@ -171,6 +177,40 @@ def main(argv=None) -> None:
         f"default dino run: {wall:.1f} s wall (start-up {start_up:.1f} s  {parts})  "
         f"W2 ratio {metrics['w2_ratio']:.3f}"
     )
+    if args.against:
+        here = [wall for wall, _ in runs]
+        print(
+            f"side by side, alternating: here {', '.join(f'{t:.1f}' for t in here)} s, in "
+            f"{args.against} {', '.join(f'{t:.1f}' for t in there)} s; medians "
+            f"{statistics.median(here):.1f} s and {statistics.median(there):.1f} s: "
+            f"a speed-up of {statistics.median(there) / statistics.median(here):.2f}x"
+        )
+
+
+def checkout(text: str) -> Path:
+    """--against's folder: one with a ddpm.py to run."""
+    folder = Path(text).expanduser().absolute()
+    if not (folder / "ddpm.py").is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} has no ddpm.py")
+    return folder
+
+
+def wall_seconds(command: list, parser, cwd=None) -> float:
+    """Seconds that command took, its output discarded; a failure ends bench.py in one line."""
+    tic = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if done.returncode:
+        parser.exit(1, f"{parser.prog}: {' '.join(command)} failed (exit {done.returncode})\n")
+    return time.perf_counter() - tic
+
+
+def default_run(run_args: str, parser) -> tuple[float, dict]:
+    """`python ddpm.py --dataset dino` with run_args, into a folder removed after: (its wall
+    seconds, its metrics.json)."""
+    with tempfile.TemporaryDirectory() as exps:
+        command = [sys.executable, str(options.PROJECT_DIR / "ddpm.py"), "--dataset", "dino"]
+        wall = wall_seconds([*command, "--exps_dir", exps, *run_args.split()], parser)
+        return wall, json.loads((Path(exps) / "base" / "metrics.json").read_text())
 
 
 if __name__ == "__main__":

@@ -47,7 +47,11 @@ COMMANDS = {
     ),
     "figures": (figures, ["--exps_dir", "--headline", "--density", "--methods"], []),
     "ablate": (ablate, ["--exps_dir", "--figure", "--num_epochs", "--dataset", "--eta"], ["sweep"]),
-    "bench": (bench, ["--train_batch_size", "--steps", "--run_args", "--no_run", "--profile"], []),
+    "bench": (
+        bench,
+        ["--train_batch_size", "--steps", "--run_args", "--no_run", "--profile", "--against"],
+        [],
+    ),
 }
 WORDS = ["-1", "0", "3", "999", "1e9", "nan", "dino", "moons", "spiral", "learning_rate", "-x"]
 
