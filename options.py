@@ -640,8 +640,10 @@ def run_command(parser: argparse.ArgumentParser, argv, prepare, experiment) -> t
         return None
     use_run_threads()
     # The garbage collector leaves alone the objects that exist now, the imported modules' 260 000:
-    # a full collection skips them (0.1 s of a run), and so does the exit (0.5 s).
-    gc.freeze()
+    # a full collection skips them (0.1 s of a run), and so does the exit (0.5 s). Once: figures.py
+    # makes hundreds of runs in one process, and frozen garbage is never collected.
+    if not gc.get_freeze_count():
+        gc.freeze()
     with errors_in_one_line(parser):
         config, dataset, checkpoint = prepare(parser, argv)
         return config, experiment(config, dataset, checkpoint)

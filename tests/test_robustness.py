@@ -1,6 +1,7 @@
 """Every mistake a user can make ends in a one-line message, and no run is lost or half-written."""
 
 import errno
+import gc
 import os
 import shutil
 import signal
@@ -565,3 +566,16 @@ def test_a_write_error_after_divergence_is_one_line(capsys, tmp_path, monkeypatc
     break_after_training(monkeypatch, tmp_path / "base", "replaced by a file", "diverged")
     code, err = cli(capsys, *TINY, *BLOWS_UP, "--exps_dir", str(tmp_path))
     assert_one_line_error(code, err, "diverged", "could not write outputs to", exit_code=1)
+
+
+def test_runs_in_one_process_freeze_the_garbage_collector_once(tmp_path):
+    # figures.py makes hundreds of runs in one process: a freeze per run would keep each run's
+    # garbage cycles forever
+    ddpm.main([*TINY, "--exps_dir", str(tmp_path), "--experiment_name", "first"])
+    frozen = gc.get_freeze_count()
+    cycles = [[] for _ in range(1000)]
+    for cycle in cycles:
+        cycle.append(cycle)  # garbage once dropped, that only the collector frees
+    del cycles, cycle
+    ddpm.main([*TINY, "--exps_dir", str(tmp_path), "--experiment_name", "second"])
+    assert frozen > 0 and gc.get_freeze_count() == frozen
