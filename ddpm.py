@@ -630,7 +630,7 @@ class Run:
         steps = config["num_epochs"] * self.batches_per_epoch
         # Cosine decay of the learning rate to 0: the last steps refine instead of jumping around.
         decay_steps = max(steps, 1) if config["lr_decay"] == "cosine" else None
-        # Its gradient clipped to norm 1 before each step (adamw.py), as the original's was
+        # Its gradient clipped to norm 1 before each step (adamw.py), as the original's was.
         self.optimizer = AdamW(self.model.parameters(), config["learning_rate"], decay_steps, 1.0)
         self.losses = torch.full((steps,), math.nan, device=device)  # no sync per step
         self.clip_range = torch.stack((data.min(0).values, data.max(0).values))  # (2, 2): the box
@@ -696,7 +696,8 @@ def frame_points(run: Run, seed: int, snapshot=None, **options) -> torch.Tensor:
 
 
 # Frames (the animation follows the same x_T), the straightness and the scoring's floor need no
-# training: they run on a second thread, on the core a run's one torch thread leaves idle.
+# training: they run on a second thread, on the core a run's one torch thread leaves idle
+# (options.use_run_threads).
 SECOND_THREAD = ThreadPoolExecutor(max_workers=1)
 
 
@@ -759,7 +760,7 @@ def train(run: Run, objective=loss_fn, frame=sample_frame) -> str:
                 frame(run)
             run.epoch += 1
             status = "interrupted" if ctrl_c.requested else status
-    finish_frames(run)  # not if training raised: its error is the one to report, not a frame's
+        finish_frames(run)  # not if training raised: its error is the one to report, not a frame's
     return status
 
 

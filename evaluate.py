@@ -203,7 +203,7 @@ def w2_floor(dataset, seed: int, n: int, labels: np.ndarray | None = None) -> di
     size = n if chosen is None else len(chosen)
     references = _reference_pairs(dataset, labels, size, seed)
     floor = [wasserstein2(another, reference) for reference, another in references]
-    return {"seed": seed, "n": n, "labels": labels, "w2": floor}
+    return {"scoring": (dataset.name, dataset.reference, seed, n), "labels": labels, "w2": floor}
 
 
 def class_leakage(
@@ -237,7 +237,8 @@ def evaluate(
     if floor is not None:  # it must be this scoring's floor
         same_labels = (floor["labels"] is None) == (labels is None)
         same_labels = same_labels and (labels is None or np.array_equal(floor["labels"], labels))
-        assert floor["seed"] == seed and floor["n"] == n and same_labels, "another scoring's floor"
+        if floor["scoring"] != (dataset.name, dataset.reference, seed, n) or not same_labels:
+            raise ValueError(f"the floor of another scoring: {floor['scoring']}")
     metrics = {"dataset": dataset.name, "n": n, "n_scored": len(samples)}
     if dataset.is_file:
         metrics["reference"] = dataset.reference

@@ -109,5 +109,7 @@ def test_a_floor_computed_before_the_samples_scores_them_exactly_as_without_it()
     assert evaluate.evaluate(samples, moons, 1, labels, floor) == evaluate.evaluate(
         samples, moons, 1, labels
     )
-    with pytest.raises(AssertionError, match="another scoring's floor"):
+    with pytest.raises(ValueError, match="the floor of another scoring"):
         evaluate.evaluate(samples, moons, 2, labels, floor)  # drawn for seed 1
+    with pytest.raises(ValueError, match="the floor of another scoring"):
+        evaluate.evaluate(samples, evaluate.datasets.load("line"), 1, labels, floor)

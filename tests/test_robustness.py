@@ -570,7 +570,7 @@ def test_a_write_error_after_divergence_is_one_line(capsys, tmp_path, monkeypatc
 
 def test_runs_in_one_process_freeze_the_garbage_collector_once(tmp_path):
     # figures.py makes hundreds of runs in one process: a freeze per run would keep each run's
-    # garbage cycles forever
+    # garbage cycles forever (in this suite the first run in-process freezes what pytest holds)
     ddpm.main([*TINY, "--exps_dir", str(tmp_path), "--experiment_name", "first"])
     frozen = gc.get_freeze_count()
     cycles = [[] for _ in range(1000)]
