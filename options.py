@@ -535,12 +535,17 @@ def check_grid(config: dict, sampling: dict) -> None:
 
 
 def check_dataset(config: dict, dataset: datasets.Dataset) -> None:
-    """What depends on the dataset and the machine: the class asked for, a file's held-out rows
-    (one of each class at least), the memory needed."""
+    """What depends on the dataset and the machine: the class asked for, guidance (classes to
+    guide towards), a file's held-out rows (one of each class at least), the memory needed."""
     if config["class_label"] is not None and config["class_label"] not in dataset.classes:
         raise UsageError(
             f"--class_label {config['class_label']!r} is not a class of {dataset.name}: "
             f"its classes are {', '.join(dataset.classes) or 'none'}"
+        )
+    if not dataset.classes and config["guidance_scale"] != 1:  # else silently unguided
+        raise UsageError(
+            f"--guidance_scale needs classes to guide towards, and {dataset.name} has none (a "
+            "file names them in a column called label or class; moons and dino,star,... have them)"
         )
     held = dataset.unseen_counts
     if held is not None and not held.all():  # a class of one row: trained on, never held out

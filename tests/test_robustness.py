@@ -112,6 +112,10 @@ def assert_one_line_error(code, err, *phrases, exit_code=2):
             ["--dataset", "moons", "--class_label", "left"],
             "is not a class of moons: its classes are upper, lower",
         ),
+        (
+            ["--dataset", "line", "--guidance_scale", "2"],
+            "--guidance_scale needs classes to guide towards, and line has none",
+        ),
     ],
 )
 def test_bad_arguments_are_one_line_errors_with_exit_code_2(capsys, tmp_path, args, phrase):
