@@ -77,7 +77,7 @@ def step_matmuls(run: ddpm.Run, x_0: torch.Tensor) -> list[tuple[int, partial]]:
 
 def main(argv=None) -> None:
     parser = options.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--train_batch_size",
@@ -114,8 +114,10 @@ def main(argv=None) -> None:
     options.use_run_threads()  # time the step as a run takes it
     B = args.train_batch_size
     run_args = ["--dataset", "line", "--train_batch_size", str(B), *args.run_args.split()]
-    try:  # the --run_args are ddpm.py's options: checked as it checks them, in one line
-        config = options.check_command_line(ddpm.build_parser(), run_args)[0]
+    run_parser = ddpm.build_parser()  # the --run_args are ddpm.py's options
+    run_parser.prog = "bench.py --run_args"  # its errors are ours
+    try:  # checked as ddpm.py checks them, in one line
+        config = options.check_command_line(run_parser, run_args)[0]
     except options.UsageError as err:
         parser.error(f"--run_args: {err}")
     dataset = datasets.load("line")

@@ -42,3 +42,19 @@ def test_a_failed_run_in_the_other_checkout_ends_bench_in_one_line(tmp_path, cap
     with pytest.raises(SystemExit) as ended:
         bench.main(["--against", str(tmp_path)])  # no ddpm.py there
     assert ended.value.code == 2 and "has no ddpm.py" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "run_args, phrase",
+    [
+        ("--foo", "bench.py --run_args: error: unrecognized arguments: --foo"),
+        ("--hidden_layers 0", "bench.py --run_args: error: argument --hidden_layers: must be"),
+        ("--ema_decay 2", "bench.py: error: --run_args: --ema_decay must be in [0, 1)"),
+    ],
+)
+def test_bad_run_args_are_one_line_errors_of_bench(capsys, run_args, phrase):
+    with pytest.raises(SystemExit) as ended:
+        bench.main([f"--run_args={run_args}"])
+    assert ended.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(phrase), err
