@@ -42,14 +42,17 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
+NOUNS = {int: "an integer", float: "a number"}
+
+
 def finite(kind):
-    """An argparse type: a number of this kind, never nan or inf."""
+    """An argparse type: a number of this kind (int or float), never nan or inf."""
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {NOUNS[kind]}, got {text!r}") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         return value
