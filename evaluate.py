@@ -152,16 +152,18 @@ def scored_size(dataset, labels: np.ndarray | None, n: int) -> int:
     return size
 
 
-def _reference_pairs(dataset, labels: np.ndarray | None, n: int, seed: int) -> list[tuple]:
-    """REFERENCE_DRAWS pairs (reference, another) of n true points each, with labels' class
-    counts: points the model never saw (fresh draws, or a file's held-out rows), and as many
-    other true points, whose W2 to the reference is the floor."""
+def _references(dataset, labels: np.ndarray | None, n: int, seed: int) -> list[np.ndarray]:
+    """REFERENCE_DRAWS sets of n points the model never saw (fresh draws, or a file's held-out
+    rows), with labels' class counts."""
     return [
-        (
-            draw_like(dataset.unseen, labels, n, 1000 + 100 * seed + k),
-            draw_like(dataset.draw, labels, n, 2000 + 100 * seed + k),
-        )
-        for k in range(REFERENCE_DRAWS)
+        draw_like(dataset.unseen, labels, n, 1000 + 100 * seed + k) for k in range(REFERENCE_DRAWS)
+    ]
+
+
+def _others(dataset, labels: np.ndarray | None, n: int, seed: int) -> list[np.ndarray]:
+    """As many other true points for each of _references: their W2 to it is the floor."""
+    return [
+        draw_like(dataset.draw, labels, n, 2000 + 100 * seed + k) for k in range(REFERENCE_DRAWS)
     ]
 
 
@@ -169,14 +171,14 @@ def _score(samples: np.ndarray, labels: np.ndarray | None, dataset, seed: int, f
     """W2, precision and recall of samples against points the model never saw with the samples'
     class counts, beside the floor (W2 between those and as many other true points; or floor, a
     list of them computed before), each averaged over REFERENCE_DRAWS."""
-    references = _reference_pairs(dataset, labels, len(samples), seed)
-    pairs = [(samples, reference) for reference, _ in references]
-    pairs += [] if floor else [(another, reference) for reference, another in references]
+    references = _references(dataset, labels, len(samples), seed)
+    pairs = [(samples, reference) for reference in references]
+    pairs += [] if floor else list(zip(_others(dataset, labels, len(samples), seed), references))
     # scipy's assignment solver lets go of the GIL: two threads halve the time of the W2s
     with ThreadPoolExecutor(max_workers=2) as pool:
         distances = list(pool.map(wasserstein2, *zip(*pairs)))
     w2, floor = distances[:REFERENCE_DRAWS], floor or distances[REFERENCE_DRAWS:]
-    precision, recall = np.mean([precision_recall(samples, r) for r, _ in references], axis=0)
+    precision, recall = np.mean([precision_recall(samples, r) for r in references], axis=0)
     return {
         "w2": float(np.mean(w2)),
         "w2_floor": float(np.mean(floor)),
@@ -201,8 +203,8 @@ def w2_floor(dataset, seed: int, n: int, labels: np.ndarray | None = None) -> di
     samples, for its floor argument: a run computes it while it trains."""
     chosen, labels = _scored_labels(dataset, labels, n, seed)
     size = n if chosen is None else len(chosen)
-    references = _reference_pairs(dataset, labels, size, seed)
-    floor = [wasserstein2(another, reference) for reference, another in references]
+    pairs = zip(_others(dataset, labels, size, seed), _references(dataset, labels, size, seed))
+    floor = [wasserstein2(other, reference) for other, reference in pairs]
     return {"scoring": (dataset.name, dataset.reference, seed, n), "labels": labels, "w2": floor}
 
 
@@ -235,8 +237,7 @@ def evaluate(
     chosen, labels = _scored_labels(dataset, labels, n, seed)
     samples = samples if chosen is None else samples[chosen]
     if floor is not None:  # it must be this scoring's floor
-        same_labels = (floor["labels"] is None) == (labels is None)
-        same_labels = same_labels and (labels is None or np.array_equal(floor["labels"], labels))
+        same_labels = np.array_equal(floor["labels"], labels)  # None equals only None
         if floor["scoring"] != (dataset.name, dataset.reference, seed, n) or not same_labels:
             raise ValueError(f"the floor of another scoring: {floor['scoring']}")
     metrics = {"dataset": dataset.name, "n": n, "n_scored": len(samples)}
