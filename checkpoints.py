@@ -66,6 +66,7 @@ LEGACY_CONFIG |= {"denoiser": "mlp", "held_out": 0.0}  # a file's runs trained o
 LEGACY_CONFIG |= {"block_norm": "none"}  # before the blocks were normalised
 LEGACY_CONFIG |= {"reflow": None, "reflow_pairs": None}  # no teacher
 LEGACY_CONFIG |= {"consistency": None, "consistency_sigmas": None}
+LEGACY_CONFIG |= {"stable_target": False}  # before the stable target
 
 
 def state_of(run) -> dict:

@@ -221,8 +221,9 @@ class MLP(nn.Module):
 
 
 # ---------------------------------------------------------------- 5. The methods, as denoisers
-# A method says how its network is trained: training_example(x_0, eps) draws a noise level per
-# point and returns the network's input, time input and target, for the plain MSE of section 6.
+# A method says how its network is trained: training_example(x_0, eps, c) draws a noise level per
+# point and returns the network's input, time input and target, for the plain MSE of section 6
+# (c, the points' classes, only EDM's stable target reads).
 # And how the network's output becomes D: D_theta(model, x, sigma, c), the network's D(x; sigma).
 # grid, sampler, steps and s_churn are its sampling defaults (section 7).
 class DDPM:
@@ -238,7 +239,7 @@ class DDPM:
         self.sigma_min = max(sigma_min, self.sigmas[0].item())
         self.sigma_max = min(sigma_max, self.sigmas[-1].item())
 
-    def training_example(self, x_0: torch.Tensor, eps: torch.Tensor):
+    def training_example(self, x_0: torch.Tensor, eps: torch.Tensor, c=None):
         return ddpm_training_example(self.schedule, x_0, eps)  # Algorithm 1
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -275,7 +276,7 @@ class Flow:
         self.draw_t, self.flow_t = FLOW_T[flow_t], flow_t  # how training draws t, by name
         self.sigma_min, self.sigma_max = sigma_min, sigma_max  # the sampling grids' ends
 
-    def training_example(self, x_0: torch.Tensor, eps: torch.Tensor):
+    def training_example(self, x_0: torch.Tensor, eps: torch.Tensor, c=None):
         t = self.draw_t(len(x_0), x_0.device)  # (B,)
         return flow_x_t(x_0, eps, t[:, None]), FLOW_TIME_SCALE * t, eps - x_0
 
@@ -294,9 +295,10 @@ class EDM:
 
     grid, sampler, steps, s_churn = "karras", "sde", 50, 2.0  # 50 NFE: the ODE misplaces arcs' mass
 
-    def __init__(self, sigma_data: float, P_mean: float, P_std: float, sigma_min, sigma_max):
+    def __init__(self, sigma_data, P_mean, P_std, sigma_min, sigma_max, stable_target=False):
         self.sigma_data, self.P_mean, self.P_std = sigma_data, P_mean, P_std
         self.sigma_min, self.sigma_max = sigma_min, sigma_max  # the sampling grids' ends
+        self.stable_target = stable_target  # train towards the batch's E[x_0 | x], below
 
     def preconditioning(self, sigma: torch.Tensor):
         """c_skip, c_out, c_in, c_noise of Karras et al. 2022, Table 1, each shaped as sigma."""
@@ -304,13 +306,14 @@ class EDM:
         c_skip = self.sigma_data**2 / s2
         return c_skip, sigma * self.sigma_data / s2.sqrt(), 1 / s2.sqrt(), sigma.log() / 4
 
-    def training_example(self, x_0: torch.Tensor, eps: torch.Tensor):
+    def training_example(self, x_0: torch.Tensor, eps: torch.Tensor, c=None):
         # ln sigma ~ N(P_mean, P_std^2), Karras et al. 2022, Table 1
         sigma = (self.P_mean + self.P_std * torch.randn(len(x_0), 1, device=x_0.device)).exp()
         c_skip, c_out, c_in, c_noise = self.preconditioning(sigma)  # (B, 1) each
         x = x_0 + sigma * eps  # the family's forward process (section 3)
+        target = stable_target(x, sigma, x_0, c) if self.stable_target else x_0
         # the weight lambda = 1 / c_out^2 makes lambda |D - x_0|^2 = |F - target|^2 (their eq. 8)
-        return c_in * x, EDM_TIME_SCALE * c_noise[:, 0], (x_0 - c_skip * x) / c_out
+        return c_in * x, EDM_TIME_SCALE * c_noise[:, 0], (target - c_skip * x) / c_out
 
     def D_theta(self, model, x, sigma, c=None) -> torch.Tensor:
         c_skip, c_out, c_in, c_noise = self.preconditioning(sigma[:, None])  # (B, 1) each
@@ -319,6 +322,18 @@ class EDM:
     def summary(self) -> str:
         mean, std = self.P_mean, self.P_std
         return f"edm, sigma_data = {self.sigma_data:.3g}, ln sigma ~ N({mean:g}, {std:g}^2)"
+
+
+def stable_target(x, sigma, x_0, c=None) -> torch.Tensor:
+    """E[x_0 | x] with the batch's points x_0 (B, 2) as the data (of each one's class c (B,)),
+    for x = x_0 + sigma eps (B, 2), sigma (B, 1): the stable target field of Xu et al. 2023
+    (sec. 3; the batch is its reference batch). At low noise a point's own x_0 outweighs the
+    rest, as in the plain target; at high noise, where one x (B, 2) could have come from many
+    x_0, their posterior mean replaces the one draw: the same minimiser, less variance."""
+    log_weights = -(x[:, None] - x_0).square().sum(-1) / (2 * sigma**2)  # (B, B): log N(x; x_0j)
+    if c is not None:  # a class's own points; an unconditional D learns their mean over classes
+        log_weights = log_weights.masked_fill(c[:, None] != c, -math.inf)
+    return log_weights.softmax(1) @ x_0  # (B, 2)
 
 
 class Consistency(EDM):
@@ -338,7 +353,7 @@ def loss_fn(
     drawn per point; c (B,): the points' classes, hidden at random (cond_drop_prob).
     eps (B, 2): the noise coupled to each x_0 (reflow, section 10); default fresh noise."""
     eps = torch.randn_like(x_0) if eps is None else eps
-    x_in, time_in, target = method.training_example(x_0, eps)
+    x_in, time_in, target = method.training_example(x_0, eps, c)
     if c is not None:
         # classifier-free guidance: the same model also learns p(x) (Ho & Salimans 2022, Alg. 1)
         c = torch.where(torch.rand(len(c), device=c.device) < cond_drop_prob, model.num_classes, c)
@@ -566,7 +581,7 @@ def make_method(config: dict, sigma_data: float, device="cpu"):
     if config["method"] == "flow":
         return Flow(config["flow_t"], *levels)
     method = (Consistency if config["consistency"] else EDM)(
-        sigma_data, config["P_mean"], config["P_std"], *levels
+        sigma_data, config["P_mean"], config["P_std"], *levels, config["stable_target"]
     )
     method.levels = config.get("consistency_sigmas") or {}  # a consistency run's, section 11
     return method
