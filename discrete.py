@@ -368,6 +368,7 @@ def run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None)
 # ----------------------------------------------------------------------------- 7. Command line
 # ddpm.py's options, with those of its continuous methods and samplers hidden and refused.
 DDPM_ONLY = ("method", "num_timesteps", "beta_schedule", "flow_t", "P_mean", "P_std")
+DDPM_ONLY += ("stable_target",)
 DDPM_ONLY += ("sigma_data", "time_embedding", "input_embedding", "input_scale", "guidance_scale")
 DDPM_ONLY += ("guidance_interval", "denoiser", "sampler", "grid", "sigma_min", "sigma_max")
 DDPM_ONLY += ("s_churn", "init_noise", "eta", "clip_x0", "reflow", "reflow_pairs", "consistency")

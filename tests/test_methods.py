@@ -9,6 +9,7 @@ import torch
 import checkpoints
 import datasets
 import ddpm
+import exact
 import run_folder
 
 CONFIG = {
@@ -20,6 +21,7 @@ CONFIG = {
     "sigma_min": 0.002,
     "sigma_max": 80.0,
     "consistency": None,
+    "stable_target": False,
 }
 
 
@@ -85,6 +87,52 @@ def test_edm_preconditioning_limits():
     assert c_skip[1] == pytest.approx(0.5) and c_out[1] == pytest.approx(0.5 / math.sqrt(2))
     assert c_skip[2] == pytest.approx(0, abs=1e-12) and c_out[2] == pytest.approx(0.5)  # D = F
     assert (c_in * torch.tensor([0.5, 0.5 * math.sqrt(2), 1e6])).tolist() == pytest.approx([1] * 3)
+
+
+def test_the_stable_target_is_the_exact_denoiser_of_the_batch_as_data():
+    # Xu et al. 2023: E[x_0 | x] with the batch's points as the data, an independent closed form
+    # in exact.py (the empirical distribution's denoiser), at each point's own sigma.
+    generator = torch.Generator().manual_seed(0)
+    x_0 = torch.randn(64, 2, generator=generator, dtype=torch.float64)
+    sigma = torch.logspace(-2, 1, 64, dtype=torch.float64)[:, None]  # (B, 1)
+    x = x_0 + sigma * torch.randn(64, 2, generator=generator, dtype=torch.float64)
+    batch = exact.GaussianMixture(torch.ones(64), x_0, torch.zeros(2))
+    assert torch.allclose(ddpm.stable_target(x, sigma, x_0), batch.denoise(x, sigma[:, 0]))
+    # each class's own points: the denoiser of the class's part of the batch
+    c = torch.arange(64) % 3
+    targets = ddpm.stable_target(x, sigma, x_0, c)
+    for k in range(3):
+        part = exact.GaussianMixture(torch.ones(int((c == k).sum())), x_0[c == k], torch.zeros(2))
+        assert torch.allclose(targets[c == k], part.denoise(x[c == k], sigma[c == k, 0]))
+
+
+def test_the_stable_target_is_the_own_point_at_low_noise_and_the_mean_at_high():
+    x_0 = torch.tensor([[-2.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
+    eps = torch.tensor([[1.0, -1.0], [0.5, 0.5], [-1.0, 0.0]])
+    low, high = torch.full((3, 1), 1e-3), torch.full((3, 1), 1e4)
+    assert torch.allclose(ddpm.stable_target(x_0 + low * eps, low, x_0), x_0)
+    mean = x_0.mean(0).expand(3, 2)
+    assert torch.allclose(ddpm.stable_target(x_0 + high * eps, high, x_0), mean, atol=1e-3)
+
+
+def test_edms_stable_target_has_less_variance_and_its_plain_one_is_x_0():
+    # Two clusters seen at sigma = 3: which one made x is unclear, so x_0 varies from draw to
+    # draw by about the clusters' spacing; the batch's posterior mean varies less.
+    torch.manual_seed(0)
+    x_0 = torch.cat((torch.full((128, 2), -1.0), torch.full((128, 2), 1.0)))
+    edm = ddpm.make_method(CONFIG | {"method": "edm", "P_mean": math.log(3), "P_std": 1e-6}, 1)
+    stable = ddpm.make_method(CONFIG | {"method": "edm", "stable_target": True}, 1)
+    stable.P_mean, stable.P_std = edm.P_mean, edm.P_std
+    eps = torch.randn(256, 2)
+    torch.manual_seed(1)
+    x_in, time_in, target = edm.training_example(x_0, eps)
+    torch.manual_seed(1)
+    x_in_stable, time_in_stable, target_stable = stable.training_example(x_0, eps)
+    assert torch.equal(x_in, x_in_stable) and torch.equal(time_in, time_in_stable)
+    c_skip, c_out, c_in, _ = edm.preconditioning(torch.tensor(3.0))
+    assert torch.allclose(c_out * target + c_skip * x_in / c_in, x_0, atol=1e-5)
+    D_target = c_out * target_stable + c_skip * x_in / c_in  # what D is trained towards
+    assert D_target.var(0).sum() < 0.5 * x_0.var(0).sum()
 
 
 def test_ddpm_time_input_is_the_timestep_on_trained_levels_and_interpolates_between():
@@ -277,7 +325,7 @@ def test_heun_on_ddpms_trained_grid_is_refused_before_training(tmp_path, capsys)
     assert "--grid karras" in capsys.readouterr().err
 
 
-def test_the_activation_is_kept_in_the_checkpoint_and_old_checkpoints_mean_gelu(tmp_path):
+def test_the_activation_is_kept_and_old_checkpoints_mean_gelu_and_the_plain_target(tmp_path):
     run = [*TINY, "--method", "edm", "--exps_dir", str(tmp_path)]
     assert ddpm.main([*run, "--experiment_name", "relu", "--activation", "relu"]) == 0
     path = tmp_path / "relu" / "model.pth"
@@ -290,6 +338,7 @@ def test_the_activation_is_kept_in_the_checkpoint_and_old_checkpoints_mean_gelu(
     }
     checkpoint = torch.load(path)
     del checkpoint["config"]["activation"]  # as saved before --activation existed
+    del checkpoint["config"]["stable_target"]  # and before --stable_target
     torch.save(checkpoint, tmp_path / "old.pth")
     old = checkpoints.load(tmp_path / "old.pth", torch.device("cpu"))
-    assert old["config"]["activation"] == "gelu"
+    assert old["config"]["activation"] == "gelu" and old["config"]["stable_target"] is False
