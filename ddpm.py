@@ -326,12 +326,10 @@ class EDM:
 
 def stable_target(x, sigma, x_0, c=None) -> torch.Tensor:
     """E[x_0 | x] with the batch's points x_0 (B, 2) as the data (of each one's class c (B,)),
-    for x = x_0 + sigma eps (B, 2), sigma (B, 1): the stable target field of Xu et al. 2023
-    (sec. 3; the batch is its reference batch). At low noise a point's own x_0 outweighs the
-    rest, as in the plain target; at high noise, where one x (B, 2) could have come from many
-    x_0, their posterior mean replaces the one draw: the same minimiser, less variance."""
-    # (B, B): log N(x_i; x_0j, sigma_i^2) = -|x_i - x_0j|^2 / (2 sigma_i^2), but for a term of
-    # each row alone (-|x_i|^2 / (2 sigma_i^2) and the normaliser), which the softmax drops
+    for x = x_0 + sigma eps (B, 2), sigma (B, 1): Xu et al. 2023's stable target (the batch is
+    their reference batch). At low noise a point's own x_0 outweighs the rest, as in the plain
+    target; at high noise, where many x_0 could have made x, their mean replaces the one draw."""
+    # (B, B): log N(x_i; x_0j, sigma_i^2) but for terms of row i alone, which the softmax drops
     log_weights = (x @ x_0.T - x_0.square().sum(1) / 2) / sigma**2
     if c is not None:  # a class's own points; an unconditional D learns their mean over classes
         log_weights = log_weights.masked_fill(c[:, None] != c, -math.inf)
