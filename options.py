@@ -244,7 +244,7 @@ def build_parser(choices: dict) -> ArgumentParser:
         action="store_true",
         help="train D towards the batch's posterior mean of x_0 given the noisy point (Xu et al. "
         "2023's stable target field), not the one x_0 that made it: less variance at high "
-        'noise, a better fitted density (RESULTS.md, "Stable targets")',
+        "noise, a better fitted density (RESULTS.md, the likelihood on every dataset)",
     )
     edm.add_argument(
         "--sigma_data",
