@@ -48,7 +48,8 @@ def step_matmuls(run: ddpm.Run, x_0: torch.Tensor) -> list[tuple[int, partial]]:
 
     Each nn.Linear does x W^T + b forward, g^T x for its weight gradient and, when its input
     needs one, g W for the input gradient (not the first layer's: the embeddings have no
-    parameters); each is 2 B in out FLOPs. The directional embedding adds (x, y) K, K (2, size)."""
+    parameters); each is 2 B in out FLOPs. The directional embedding adds (x, y) K, K (2, size),
+    and EDM's stable target two (B, B) products of the batch: x x_0^T and its weights times x_0."""
     seen = []
     kinds = (nn.Linear, DirectionalEmbedding)
     layers = [layer for layer in run.model.modules() if isinstance(layer, kinds)]
@@ -72,6 +73,11 @@ def step_matmuls(run: ddpm.Run, x_0: torch.Tensor) -> list[tuple[int, partial]]:
         matmuls += [(flops, partial(torch.mm, g.t(), x.detach()))]
         if x.requires_grad:
             matmuls += [(flops, partial(torch.mm, g, W))]
+    if getattr(run.method, "stable_target", False):  # ddpm.stable_target's, 2 B B 2 FLOPs each
+        B = len(x_0)
+        weights = torch.rand(B, B).softmax(1)  # (B, B)
+        matmuls += [(4 * B * B, partial(torch.mm, x_0, x_0.t()))]
+        matmuls += [(4 * B * B, partial(torch.nn.functional.linear, weights, x_0.t()))]
     return matmuls
 
 

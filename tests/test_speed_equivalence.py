@@ -57,15 +57,17 @@ def test_fused_adamw_matches_the_per_tensor_loop_to_float_tolerance():
     assert not torch.equal(fused_model.net[0].weight, ddpm.make_model(CONFIG).net[0].weight)
 
 
-def test_bench_counts_the_flops_torch_counts_in_a_training_step():
+@pytest.mark.parametrize("stable_target, count", [(False, 15), (True, 17)])
+def test_bench_counts_the_flops_torch_counts_in_a_training_step(stable_target, count):
     torch.manual_seed(0)
-    run = ddpm.make_run(CONFIG | {"num_epochs": 1}, datasets.load("line"))
+    config = CONFIG | {"num_epochs": 1, "stable_target": stable_target}
+    run = ddpm.make_run(config, datasets.load("line"))
     x_0 = torch.randn(64, 2)
     with FlopCounterMode(display=False) as counter:
         ddpm.loss_fn(run.model, run.method, x_0).backward()
     # 5 Linear layers forward and for the weight gradient, 4 for the input gradient; the
-    # directional embedding's (x, y) K
-    assert len(bench.step_matmuls(run, x_0)) == 15
+    # directional embedding's (x, y) K; the stable target's two products of the batch
+    assert len(bench.step_matmuls(run, x_0)) == count
     assert sum(flops for flops, _ in bench.step_matmuls(run, x_0)) == counter.get_total_flops()
 
 
