@@ -411,11 +411,12 @@ def density_figure(exps_dir: Path, path: Path) -> str:
 # on as a user's own file is.
 LIKELIHOOD_DATASETS = ["dino", "moons", "line", "circle", *likelihood.TEST_DENSITIES]
 # A table each, (options, seeds): the defaults, the fixed Fourier scale of the dino's dots that
-# they replaced (seed 0), and EDM's stable target (Xu et al. 2023; ddpm.py, section 5)
+# they replaced (seed 0), and EDM's plain target x_0 in place of the stable one (Xu et al. 2023;
+# ddpm.py, section 5)
 LIKELIHOOD_OPTIONS = {
     "defaults": ([], ["0", "1", "2"]),
     "input_scale_200": (["--input_scale", "200"], ["0"]),
-    "stable_target": (["--stable_target"], ["0", "1", "2"]),
+    "no_stable_target": (["--no_stable_target"], ["0", "1", "2"]),
 }
 
 
@@ -1065,7 +1066,7 @@ PARTS = {
     "likelihood": (
         "the tables of NLL and KL(data || model) on every dataset, beside the limit, with W2 "
         "ratio / precision / recall: the defaults (seeds 0-2), --input_scale 200 (seed 0) and "
-        "--stable_target (seeds 0-2)",
+        "--no_stable_target (seeds 0-2)",
         lambda exps_dir: "\n\n".join(
             likelihood_table(exps_dir, name) for name in LIKELIHOOD_OPTIONS
         ),

@@ -192,7 +192,7 @@ def build_parser(choices: dict) -> ArgumentParser:
     training.add_argument(
         "--num_epochs",
         type=int,
-        default=150,
+        default=125,
         help="passes over the training points (0: only sample --checkpoint)",
     )
     training.add_argument(
@@ -240,11 +240,12 @@ def build_parser(choices: dict) -> ArgumentParser:
         "--P_std", type=positive(float), default=1.5, help="std of ln sigma in training"
     )
     edm.add_argument(
-        "--stable_target",
-        action="store_true",
-        help="train D towards the batch's posterior mean of x_0 given the noisy point (Xu et al. "
-        "2023's stable target field), not the one x_0 that made it: less variance at high "
-        "noise, a better fitted density (RESULTS.md, the likelihood on every dataset)",
+        "--no_stable_target",
+        dest="stable_target",
+        action="store_false",
+        help="train D towards the one x_0 that made each noisy point, not the batch's posterior "
+        "mean of x_0 given it (Xu et al. 2023's stable target field, the default: less "
+        "variance at high noise, a better fitted density; RESULTS.md)",
     )
     edm.add_argument(
         "--sigma_data",

@@ -228,7 +228,9 @@ def sigma_of(name: str, method, time_in: torch.Tensor) -> torch.Tensor:
     return (time_in / 250 * 4).exp()  # 250 c_noise, c_noise = ln(sigma) / 4
 
 
-METHODS = {name: ddpm.make_method(vars(ddpm.build_parser().parse_args(["--method", name])), 1.8)
+PLAIN = ["--no_stable_target"]  # the loss weight is the plain target's: D's error against x_0
+METHODS = {name: ddpm.make_method(vars(ddpm.build_parser().parse_args(["--method", name, *PLAIN])),
+                                  1.8)
            for name in ddpm.METHODS}  # fmt: skip
 
 
