@@ -137,6 +137,19 @@ def test_a_run_saved_before_an_option_existed_is_reused_when_that_option_is_at_i
     assert other != out and "_guidance_interval=0.0,0.5_" in other.name
 
 
+def test_a_run_sampled_from_a_checkpoint_is_redone_when_the_checkpoint_is_trained_again(tmp_path):
+    teacher = ablate.run_once(TINY, tmp_path)
+    again = ["--checkpoint", str(teacher / "model.pth"), "--num_epochs", "0"]
+    sampled = ablate.run_once(again, tmp_path)
+    sampled_at = (sampled / "metrics.json").stat().st_mtime_ns
+    assert ablate.run_once(again, tmp_path) == sampled  # reused while the teacher is the same
+    assert (sampled / "metrics.json").stat().st_mtime_ns == sampled_at
+    later = sampled_at + 10**9
+    os.utime(teacher / "model.pth", ns=(later, later))  # as if the teacher was trained again
+    ablate.run_once(again, tmp_path)
+    assert (sampled / "metrics.json").stat().st_mtime_ns > sampled_at
+
+
 def test_the_density_figure_has_a_column_per_model(tmp_path):
     log_p = [np.zeros((20, 20)) - k for k in range(3)]
     points = [np.random.default_rng(k).normal(size=(100, 2)) for k in range(3)]
