@@ -429,9 +429,10 @@ def prepare(parser, argv) -> tuple[dict, datasets.Dataset, dict | None]:
     """checkpoints.prepare's (config, dataset, checkpoint), with the tokens checked and a
     checkpoint's tokens taken as its other model fields are."""
     config, explicit = vars(parser.parse_args(argv)), options.explicit_options(parser, argv)
-    foreign = [name for name in DDPM_ONLY if name in explicit]
+    flags = {action.dest: action.option_strings[0] for action in parser._actions}
+    foreign = [flags[name] for name in DDPM_ONLY if name in explicit]  # --no_stable_target's too
     if foreign:
-        raise options.UsageError(f"--{foreign[0]} is an option of ddpm.py, not of discrete.py")
+        raise options.UsageError(f"{foreign[0]} is an option of ddpm.py, not of discrete.py")
     if config["digits"] == 2 and (
         config["bins"] < 4 or math.isqrt(config["bins"]) ** 2 != config["bins"]
     ):

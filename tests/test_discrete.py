@@ -210,6 +210,7 @@ def test_a_tiny_run_writes_its_folder_and_samples_again(tmp_path, capsys):
     "args, message",
     [
         (["--method", "flow"], "--method is an option of ddpm.py"),
+        (["--no_stable_target"], "--no_stable_target is an option of ddpm.py"),
         (["--digits", "2", "--bins", "200"], "--bins must be a square"),
         (["--bins", "0"], "must be positive"),
     ],
