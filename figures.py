@@ -527,8 +527,8 @@ def draw_headline(dino: Path) -> None:
     )
     data = datasets.load("dino").draw(len(samples), seed=1)[0]
     plots.save_samples(data, samples, STATIC_DIR / "dino_samples.png", title)
-    method = json.loads((dino / "config.json").read_text())["method"]
-    plots.save_loss(np.load(dino / "loss.npy"), STATIC_DIR / "loss.png", method)
+    config = json.loads((dino / "config.json").read_text())
+    plots.save_loss(np.load(dino / "loss.npy"), STATIC_DIR / "loss.png", plots.loss_name(config))
 
 
 # The conditional model: three Datasaurus shapes, each a class, at the defaults trained 4x as long

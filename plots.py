@@ -130,12 +130,24 @@ LOSS_TARGETS = {  # its target, for the title of loss.png
     "ddpm": "MSE of eps",
     "flow": "MSE of the velocity eps - x_0",
     "edm": "MSE of F against (x_0 - c_skip x) / c_out",
+    "edm, stable target": "MSE of F against (E[x_0 | x] - c_skip x) / c_out",
+    "edm, consistency": "pseudo-Huber |D(x_t) - D(x_r)| / (t - r)",
     "discrete": "(1/t) cross-entropy of the masked tokens",
 }
 
 
+def loss_name(config: dict) -> str:
+    """The LOSS_TARGETS key of a run's loss: its method, and for EDM how it trained."""
+    if config["method"] != "edm":
+        return config["method"]
+    if config.get("consistency"):
+        return "edm, consistency"
+    return "edm, stable target" if config.get("stable_target") else "edm"
+
+
 def save_loss(losses: np.ndarray, path: Path, method: str, window: int = 100) -> None:
-    """Every step's loss, faint, under its moving average; the title names method's target."""
+    """Every step's loss, faint, under its moving average; the title names the target of method
+    (a LOSS_TARGETS key, loss_name's)."""
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot(losses, color="tab:blue", alpha=0.2, linewidth=0.5, label="per step")
     if len(losses) >= window:
@@ -148,7 +160,7 @@ def save_loss(losses: np.ndarray, path: Path, method: str, window: int = 100) ->
         )
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title(f"{method}: {LOSS_TARGETS[method]}", fontsize=9)
+    ax.set_title(f"{method.split(',')[0]}: {LOSS_TARGETS[method]}", fontsize=9)
     ax.set_yscale("log")
     ax.legend(frameon=False)
     fig.tight_layout()

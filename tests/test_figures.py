@@ -58,9 +58,16 @@ def test_loss_png_names_the_target_of_each_method(tmp_path, monkeypatch):
     """EDM's loss is not an MSE of eps: each method's curve says what its network is fit to."""
     labels = {}
     monkeypatch.setattr(plots.plt, "close", lambda fig: labels.update(t=fig.axes[0].get_title()))
-    named = {"ddpm": "eps", "flow": "eps - x_0", "edm": "(x_0 - c_skip x) / c_out"}
-    for method, target in named.items():
-        plots.save_loss(np.linspace(1, 0.1, 300), tmp_path / f"{method}.png", method)
+    named = [
+        ("ddpm", [], "eps"),
+        ("flow", [], "eps - x_0"),
+        ("edm", [], "(E[x_0 | x] - c_skip x) / c_out"),  # the default: the stable target
+        ("edm", ["--no_stable_target"], "(x_0 - c_skip x) / c_out"),
+        ("edm", ["--consistency", "RUN"], "|D(x_t) - D(x_r)| / (t - r)"),
+    ]
+    for method, args, target in named:
+        config = vars(ddpm.build_parser().parse_args(["--method", method, *args]))
+        plots.save_loss(np.linspace(1, 0.1, 300), tmp_path / "loss.png", plots.loss_name(config))
         assert labels["t"].startswith(f"{method}: ") and labels["t"].endswith(target), labels
 
 
