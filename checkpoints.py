@@ -231,6 +231,7 @@ def prepare(parser, argv, sampling_options) -> tuple[dict, datasets.Dataset, dic
         config, checkpoint = consistency_start(config, explicit, device)
     if config["reflow"] and "pairs" not in (checkpoint or {}):  # the pairs are still to draw
         config = with_teacher(config, explicit, device)
+    options.check_method_options(parser, config, explicit)
     options.check_grid(config, sampling_options(config))
     # the checkpoint's, if any
     dataset = datasets.load(config["dataset"], config["data_dir"], config["held_out"])

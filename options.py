@@ -526,6 +526,21 @@ def check_command_line(parser: argparse.ArgumentParser, argv) -> tuple[dict, dic
     return config, explicit
 
 
+def check_method_options(parser: argparse.ArgumentParser, config: dict, explicit: dict) -> None:
+    """An option of another method's group ("method ddpm", "method flow", "method edm") would be
+    ignored: refuse it, once a checkpoint's or teacher's config has said the run's method."""
+    for group in parser._action_groups:
+        method = group.title.removeprefix("method ")
+        if method == group.title or method == config["method"]:
+            continue
+        for action in group._group_actions:
+            if action.dest in explicit:
+                raise UsageError(
+                    f"{action.option_strings[0]} is an option of --method {method}, and this "
+                    f"run's method is {config['method']}: drop it"
+                )
+
+
 def check_grid(config: dict, sampling: dict) -> None:
     """The sampler's grid (sampling: ddpm.sampling_options) against the model: checked once a
     checkpoint's config is merged."""

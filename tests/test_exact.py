@@ -196,7 +196,7 @@ def test_cli_exact_denoiser_of_an_own_file_with_classes_reproduces_its_rows(tmp_
     lines = ["x,y,label"] + [f"{x},{y},{c}" for (x, y), c in zip(rows, labels)]
     (tmp_path / "two.csv").write_text("\n".join(lines) + "\n")
     args = ["--dataset", str(tmp_path / "two.csv"), "--denoiser", "exact", "--eval_batch_size"]
-    ddpm.main([*args, "200", "--exps_dir", str(tmp_path), "--num_timesteps", "200"])
+    ddpm.main([*args, "200", "--exps_dir", str(tmp_path)])
     samples = np.load(tmp_path / "base" / "frames.npy")[-1]  # (200, 2), in the file's units
     frame_labels = np.load(tmp_path / "base" / "frame_labels.npy")
     distances = evaluate.cdist(samples, rows)  # (200, 80)

@@ -25,8 +25,6 @@ BASE = [
     "4",
     "--hidden_size",
     "16",
-    "--num_timesteps",
-    "10",
     "--eval_batch_size",
     "200",
     "--save_images_step",

@@ -277,16 +277,16 @@ TINY = [
     "16",
     "--hidden_layers",
     "1",
-    "--num_timesteps",
-    "10",
     "--eval_batch_size",
     "100",
 ]
+SHORT_DDPM = ["--method", "ddpm", "--num_timesteps", "10"]  # T = 10: a fast DDPM
 
 
 @pytest.mark.parametrize("method", list(ddpm.METHODS))
 def test_each_method_trains_resumes_and_samples_with_every_sampler(method, tmp_path, monkeypatch):
-    run = [*TINY, "--method", method, "--exps_dir", str(tmp_path)]
+    methods = {"ddpm": SHORT_DDPM, "flow": ["--method", "flow"], "edm": ["--method", "edm"]}
+    run = [*TINY, *methods[method], "--exps_dir", str(tmp_path)]
     # as if Ctrl-C in the first epoch
     monkeypatch.setattr(run_folder.StopOnCtrlC, "requested", True)
     with pytest.raises(SystemExit) as stopped:
@@ -320,7 +320,7 @@ def test_edm_measures_sigma_data_and_keeps_it_in_the_checkpoint(tmp_path):
 def test_heun_on_ddpms_trained_grid_is_refused_before_training(tmp_path, capsys):
     # The grid starts at sigma ~ 1e3: one Heun step from there to ~ 15 overshoots (see check_grid).
     with pytest.raises(SystemExit) as refused:
-        ddpm.main([*TINY, "--method", "ddpm", "--sampler", "heun", "--exps_dir", str(tmp_path)])
+        ddpm.main([*TINY, *SHORT_DDPM, "--sampler", "heun", "--exps_dir", str(tmp_path)])
     assert refused.value.code == 2
     assert "--grid karras" in capsys.readouterr().err
 

@@ -32,8 +32,6 @@ TINY = [
     "1",
     "--embedding_size",
     "8",
-    "--num_timesteps",
-    "10",
     "--eval_batch_size",
     "100",
     "--save_images_step",
@@ -118,6 +116,10 @@ def assert_one_line_error(code, err, *phrases, exit_code=2):
             ["--dataset", "line", "--guidance_scale", "2"],
             "--guidance_scale needs classes to guide towards, and line has none",
         ),
+        # another method's option would be ignored
+        (["--num_timesteps", "10"], "--num_timesteps is an option of --method ddpm"),
+        (["--method", "flow", "--P_mean", "-1"], "--P_mean is an option of --method edm, and"),
+        (["--method", "ddpm", "--no_stable_target"], "this run's method is ddpm: drop it"),
     ],
 )
 def test_bad_arguments_are_one_line_errors_with_exit_code_2(capsys, tmp_path, args, phrase):
@@ -221,6 +223,12 @@ def test_a_bad_checkpoint_is_a_one_line_error(capsys, tmp_path, make, phrase):
     assert_one_line_error(code, err, phrase)
 
 
+def test_an_option_of_another_method_than_the_checkpoints_is_refused(capsys, trained):
+    checkpoint = str(trained / "tiny" / "model.pth")  # an EDM run
+    code, err = cli(capsys, "--checkpoint", checkpoint, "--num_epochs", "0", "--flow_t", "uniform")
+    assert_one_line_error(code, err, "--flow_t is an option of --method flow", "method is edm")
+
+
 def test_a_checkpoint_with_another_model_config_names_the_fields_that_differ(capsys, trained):
     code, err = cli(
         capsys,
@@ -230,15 +238,15 @@ def test_a_checkpoint_with_another_model_config_names_the_fields_that_differ(cap
         "0",
         "--hidden_size",
         "64",
-        "--num_timesteps",
-        "10",
+        "--hidden_layers",
+        "1",
         "--exps_dir",
         str(trained),
         "--experiment_name",
         "mismatch",
     )
     assert_one_line_error(code, err, "hidden_size=16", "hidden_size=64")
-    assert "num_timesteps" not in err  # asked for the value the checkpoint has
+    assert "hidden_layers" not in err  # asked for the value the checkpoint has
 
 
 def test_a_checkpoint_saved_on_cuda_loads_on_the_cpu(capsys, trained, tmp_path):
