@@ -3,10 +3,10 @@ with python figures.py --NAME (-h lists them). Each prints its seconds.
 
 Runs (or reuses) in exps/ the runs each part needs, then draws into static/: the default run's
 samples, process figure, animation and loss curve; the denoiser's field; paths per method; where
-each method trains; the method x NFE grid; the ablation grids; the density, reflow, guidance,
-discrete and consistency figures; and the tables of the defaults, the sampler study and the
-likelihood on every dataset (with three smooth .csv files of known density, written to
-exps/data/). The tables go to exps/ablations/.
+each method trains, and towards what (EDM's targets); the method x NFE grid; the ablation grids;
+the density, reflow, guidance, discrete and consistency figures; and the tables of the defaults,
+the sampler study and the likelihood on every dataset (with three smooth .csv files of known
+density, written to exps/data/). The tables go to exps/ablations/.
 """
 
 import argparse
@@ -266,6 +266,39 @@ def noise_levels_figure(exps_dir: Path, path: Path) -> str:
     marks += [(sigma_data, f"σ_data {sigma_data:.2g}"), (config["sigma_max"], "σ_max")]
     plots.save_noise_levels(log_sigma, curves, marks, path)
     return ablate.write_table(rows, exps_dir / "ablations" / "noise_levels")
+
+
+# ----------------------------------------------------------------------- What EDM trains towards
+TARGET_SIGMAS, TARGET_PANELS, TARGET_COUNT = [0.1, 0.3, 1.0, 3.0], [0.3, 1.0], 40
+
+
+def targets_figure(exps_dir: Path, path: Path) -> str:
+    """static/targets.png: the targets of one training batch (256 dino points, seed 0) at
+    TARGET_PANELS: each noisy point x joined to the plain target, the x_0 that made it, and to the
+    stable target, E[x_0 | x] over the batch (ddpm.stable_target); a table of the RMS distance of
+    each from the exact E[x_0 | x] of the whole dino at TARGET_SIGMAS. No training."""
+    dataset = datasets.load("dino")
+    points = torch.from_numpy(dataset.train_set()[0]).float()
+    exact_D = exact.denoiser_of(dataset, None, torch.zeros(2), torch.ones(2))  # the run's units
+    true = partial(ddpm.guided_D, exact_D, None)
+    generator = torch.Generator().manual_seed(0)
+    x_0 = points[torch.randperm(len(points), generator=generator)[:256]]  # (256, 2)
+    eps = torch.randn(x_0.shape, generator=generator)
+    panels, rows = [], []
+    for sigma in TARGET_SIGMAS:
+        x = x_0 + sigma * eps
+        stable = ddpm.stable_target(x, torch.full((len(x), 1), sigma), x_0)
+        posterior_mean = true(x, sigma)
+        rms = {name: (target - posterior_mean).norm(dim=1).square().mean().sqrt().item()
+               for name, target in (("x_0", x_0), ("stable", stable))}  # fmt: skip
+        rows.append({"sigma": sigma} | {f"RMS of {k} - E[x_0 given x]": v for k, v in rms.items()})
+        if sigma in TARGET_PANELS:
+            for name, target in (("x_0", x_0), ("stable", stable)):
+                lines = torch.stack([x, target])[:, :TARGET_COUNT].numpy()  # (2, k, 2)
+                title = f"{name}, σ = {sigma:g}\nRMS from E[x_0 | x]: {rms[name]:.2f}"
+                panels.append((title, lines, points.numpy()))
+    plots.save_paths(panels, path, plots.padded_limits(points.numpy()))  # far x leave the frame
+    return ablate.write_table(rows, exps_dir / "ablations" / "targets")
 
 
 METRICS = ("w2_ratio", "precision", "recall")
@@ -1040,6 +1073,10 @@ PARTS = {
     "noise_levels": (
         "where each method trains, times its loss weight in D's units (noise_levels.png)",
         lambda exps_dir: noise_levels_figure(exps_dir, STATIC_DIR / "noise_levels.png"),
+    ),
+    "targets": (
+        "what EDM trains D towards: x_0 and the stable target of one batch (targets.png)",
+        lambda exps_dir: targets_figure(exps_dir, STATIC_DIR / "targets.png"),
     ),
     "methods_nfe": (
         "DDPM, flow, EDM and 2-rectified flow at 1-50 NFE (methods_nfe.png; table: seeds 0-2)",

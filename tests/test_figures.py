@@ -1,5 +1,6 @@
 """Every kind of figure, drawn from a tiny run: valid images of the expected size."""
 
+import csv
 import json
 import os
 import shutil
@@ -285,6 +286,18 @@ def test_the_noise_levels_figure_and_its_table(tmp_path):
     assert image_size(tmp_path / "noise_levels.png") == ((7 * plots.DPI, 7 * plots.DPI), 1)
     weights = {row[0]: float(row[4]) for row in rows}  # p lambda at sigma = 0.011
     assert weights["edm"] > weights["flow"] > weights["ddpm"] == 0  # DDPM's levels start at 0.04
+
+
+def test_the_stable_target_is_nearer_the_posterior_mean_than_x_0_at_every_noise_level(tmp_path):
+    figures.targets_figure(tmp_path, tmp_path / "targets.png")
+    rows = list(csv.DictReader((tmp_path / "ablations" / "targets.csv").open()))
+    plain, stable = ([float(row[f"RMS of {k} - E[x_0 given x]"]) for row in rows] for k in
+                     ("x_0", "stable"))  # fmt: skip
+    assert len(rows) == len(figures.TARGET_SIGMAS) and all(s < p for s, p in zip(stable, plain))
+    assert plain == sorted(plain)  # x_0 strays further from the mean as the noise grows
+    assert stable[-1] < plain[-1] / 10  # at sigma = 3 the batch's mean is near the true one
+    panels = len(figures.TARGET_PANELS) * 2
+    assert image_size(tmp_path / "targets.png") == ((panels * 3 * plots.DPI, 4 * plots.DPI), 1)
 
 
 def test_the_method_by_nfe_grid_and_table_from_tiny_runs(tmp_path, monkeypatch, tiny_runs):
