@@ -69,9 +69,8 @@ def run_once(args: list[str], exps_dir: Path) -> Path:
     wanted = {k: v for k, v in config.items() if k not in (*kept, "consistency_sigmas")}
     done = (out / "metrics.json").is_file()
     if done and config["checkpoint"]:  # stale if its checkpoint was trained again since
-        checkpoint = Path(config["checkpoint"])
-        checkpoint = checkpoint / "model.pth" if checkpoint.is_dir() else checkpoint
-        done = checkpoint.stat().st_mtime < (out / "metrics.json").stat().st_mtime
+        trained_at = Path(config["checkpoint"]).stat().st_mtime  # a model.pth (checkpoints.load)
+        done = trained_at < (out / "metrics.json").stat().st_mtime
     if done:
         if wanted.get("input_scale") == "auto":  # the run saved the number auto stands for
             dataset = datasets.load(config["dataset"], config["data_dir"], config["held_out"])

@@ -561,7 +561,7 @@ def draw_headline(dino: Path) -> None:
     data = datasets.load("dino").draw(len(samples), seed=1)[0]
     plots.save_samples(data, samples, STATIC_DIR / "dino_samples.png", title)
     config = json.loads((dino / "config.json").read_text())
-    plots.save_loss(np.load(dino / "loss.npy"), STATIC_DIR / "loss.png", plots.loss_name(config))
+    plots.save_loss(np.load(dino / "loss.npy"), STATIC_DIR / "loss.png", config)
 
 
 # The conditional model: three Datasaurus shapes, each a class, at the defaults trained 4x as long

@@ -136,18 +136,18 @@ LOSS_TARGETS = {  # its target, for the title of loss.png
 }
 
 
-def loss_name(config: dict) -> str:
-    """The LOSS_TARGETS key of a run's loss: its method, and for EDM how it trained."""
+def _loss_target(config: dict) -> str:
+    """What a run's loss fits: its method's LOSS_TARGETS entry, for EDM as it trained."""
     if config["method"] != "edm":
-        return config["method"]
+        return LOSS_TARGETS[config["method"]]
     if config.get("consistency"):
-        return "edm, consistency"
-    return "edm, stable target" if config.get("stable_target") else "edm"
+        return LOSS_TARGETS["edm, consistency"]
+    return LOSS_TARGETS["edm, stable target" if config.get("stable_target") else "edm"]
 
 
-def save_loss(losses: np.ndarray, path: Path, method: str, window: int = 100) -> None:
-    """Every step's loss, faint, under its moving average; the title names the target of method
-    (a LOSS_TARGETS key, loss_name's)."""
+def save_loss(losses: np.ndarray, path: Path, config: dict, window: int = 100) -> None:
+    """Every step's loss, faint, under its moving average; the title names what the run's
+    (config's) network is fit to."""
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot(losses, color="tab:blue", alpha=0.2, linewidth=0.5, label="per step")
     if len(losses) >= window:
@@ -160,7 +160,7 @@ def save_loss(losses: np.ndarray, path: Path, method: str, window: int = 100) ->
         )
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title(f"{method.split(',')[0]}: {LOSS_TARGETS[method]}", fontsize=9)
+    ax.set_title(f"{config['method']}: {_loss_target(config)}", fontsize=9)
     ax.set_yscale("log")
     ax.legend(frameon=False)
     fig.tight_layout()

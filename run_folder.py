@@ -96,7 +96,7 @@ def save_outputs(out_dir: Path, state: dict, frame_labels, plot_limits, with_che
     losses, frames = state["losses"].cpu().numpy(), state["frames"].numpy()
     write_json(out_dir / "config.json", state["config"])
     write_atomically(out_dir / "loss.npy", lambda f: np.save(f, losses))
-    plots.save_loss(losses, out_dir / "loss.png", plots.loss_name(state["config"]))
+    plots.save_loss(losses, out_dir / "loss.png", state["config"])
     write_atomically(out_dir / "frames.npy", lambda f: np.save(f, frames))
     if frame_labels is not None:
         write_atomically(out_dir / "frame_labels.npy", lambda f: np.save(f, frame_labels))

@@ -66,7 +66,7 @@ def test_loss_png_names_the_target_of_each_method(tmp_path, monkeypatch):
     ]
     for method, args, target in named:
         config = vars(ddpm.build_parser().parse_args(["--method", method, *args]))
-        plots.save_loss(np.linspace(1, 0.1, 300), tmp_path / "loss.png", plots.loss_name(config))
+        plots.save_loss(np.linspace(1, 0.1, 300), tmp_path / "loss.png", config)
         assert labels["t"].startswith(f"{method}: ") and labels["t"].endswith(target), labels
 
 
