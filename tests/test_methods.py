@@ -338,7 +338,7 @@ def test_the_activation_is_kept_and_old_checkpoints_mean_gelu_and_the_plain_targ
     }
     checkpoint = torch.load(path)
     del checkpoint["config"]["activation"]  # as saved before --activation existed
-    del checkpoint["config"]["stable_target"]  # and before --stable_target
+    del checkpoint["config"]["stable_target"]  # and before the stable target (Xu et al. 2023)
     torch.save(checkpoint, tmp_path / "old.pth")
     old = checkpoints.load(tmp_path / "old.pth", torch.device("cpu"))
     assert old["config"]["activation"] == "gelu" and old["config"]["stable_target"] is False
