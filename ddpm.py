@@ -181,7 +181,7 @@ class MLP(nn.Module):
         self,
         hidden_size=128,
         hidden_layers=3,
-        embedding_size=128,
+        embedding_size=64,
         time_embedding="sinusoidal",
         input_embedding="directional",
         num_classes=0,
