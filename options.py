@@ -451,15 +451,18 @@ def build_parser(choices: dict) -> ArgumentParser:
 
 
 def explicit_options(parser: argparse.ArgumentParser, argv) -> dict:
-    """The options the user typed, without the defaults (the parser is left as it was)."""
-    defaults = [action.default for action in parser._actions]
+    """The options the user typed, without the defaults, its options' or a script's own
+    (set_defaults, as discrete.py's); the parser is left as it was."""
+    defaults, own = [action.default for action in parser._actions], parser._defaults
     for action in parser._actions:
         action.default = argparse.SUPPRESS
+    parser._defaults = {}
     try:
         return vars(parser.parse_args(argv))
     finally:
         for action, default in zip(parser._actions, defaults):
             action.default = default
+        parser._defaults = own
 
 
 def check_config(config: dict) -> None:

@@ -11,6 +11,7 @@ from conftest import PROJECT_DIR
 from torch import nn
 
 import discrete
+import options
 import run_folder
 
 
@@ -181,6 +182,15 @@ def test_the_box_maps_the_data_inside_the_unit_square_with_padding():
 
 TINY = ["--num_epochs", "2", "--hidden_size", "16", "--embedding_size", "8", "--bins", "16"]
 TINY += ["--eval_batch_size", "200", "--save_images_step", "1"]
+
+
+def test_its_own_defaults_are_not_options_typed():
+    # discrete.py's set_defaults (128-wide embeddings, 60 epochs) must not count as typed, or a
+    # checkpoint of another width is refused as if the user had asked for 128
+    parser = discrete.build_parser()
+    assert options.explicit_options(parser, []) == {}
+    assert options.explicit_options(parser, ["--embedding_size", "16"]) == {"embedding_size": 16}
+    assert parser.parse_args([]).embedding_size == 128  # and the parser keeps them
 
 
 def test_a_tiny_run_writes_its_folder_and_samples_again(tmp_path, capsys):
