@@ -288,12 +288,12 @@ def targets_figure(exps_dir: Path, path: Path) -> str:
     for sigma in TARGET_SIGMAS:
         x = x_0 + sigma * eps
         stable = ddpm.stable_target(x, torch.full((len(x), 1), sigma), x_0)
-        posterior_mean = true(x, sigma)
+        targets, posterior_mean = {"x_0": x_0, "stable": stable}, true(x, sigma)
         rms = {name: (target - posterior_mean).norm(dim=1).square().mean().sqrt().item()
-               for name, target in (("x_0", x_0), ("stable", stable))}  # fmt: skip
+               for name, target in targets.items()}  # fmt: skip
         rows.append({"sigma": sigma} | {f"RMS of {k} - E[x_0 given x]": v for k, v in rms.items()})
         if sigma in TARGET_PANELS:
-            for name, target in (("x_0", x_0), ("stable", stable)):
+            for name, target in targets.items():
                 lines = torch.stack([x, target])[:, :TARGET_COUNT].numpy()  # (2, k, 2)
                 title = f"{name}, σ = {sigma:g}\nRMS from E[x_0 | x]: {rms[name]:.2f}"
                 panels.append((title, lines, points.numpy()))
