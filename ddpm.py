@@ -267,8 +267,8 @@ FLOW_T = {  # how flow matching draws its training times t in (0, 1)
 
 
 class Flow:
-    """Lipman et al. 2023, Liu et al. 2023: F predicts the velocity v = eps - x_0 of x_t, and
-    x_0 = x_t - t v; t = 1 is sigma = inf."""
+    """Lipman et al. 2023, Liu et al. 2023, with t reversed as Esser et al. 2024 have it (t = 1
+    is noise, sigma = inf): F predicts the velocity v = eps - x_0 of x_t, and x_0 = x_t - t v."""
 
     grid, sampler, steps, s_churn = "uniform_t", "heun", 12, 0.0  # sampling defaults
 
@@ -539,7 +539,7 @@ def reverse_process(
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         s = guided_at(i, N, guidance_scale, guidance_interval)
         D = partial(guided_D, model, method, c=c, guidance_scale=s, clip_range=clip_range)
-        gamma = min(s_churn / N, math.sqrt(2) - 1)  # Karras et al. 2022, Alg. 2 line 4
+        gamma = min(s_churn / N, math.sqrt(2) - 1)  # Karras et al. 2022, Alg. 2's gamma_i
         if gamma > 0:
             x, sigma = churn(x, sigma, gamma, noise)
         z = noise()  # drawn on every step, used or not: the random stream of earlier versions
