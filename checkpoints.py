@@ -220,12 +220,11 @@ def starting_point(config: dict, explicit: dict, device: torch.device) -> tuple[
 
 def prepare(parser, argv, sampling_options) -> tuple[dict, datasets.Dataset, dict | None]:
     """The checked config of a command line, its dataset and the checkpoint to start from
-    (sampling_options: ddpm's, a config's sampler settings). Only when every check has passed is
-    anything of the run it replaces removed."""
+    (sampling_options: ddpm's, a config's sampler settings). The run it replaces stays until the
+    new one writes its outputs (run_folder.clear)."""
     config, explicit = options.check_command_line(parser, argv)
     device = options.resolve_device(config["device"])
     out_dir = Path(config["exps_dir"]) / config["experiment_name"]
-    replacing = not config["resume"] and out_dir.is_dir() and any(out_dir.iterdir())
     config, checkpoint = starting_point(config, explicit, device)
     if "consistency" in explicit and not config["resume"]:  # RUN's model, fine-tuned
         config, checkpoint = consistency_start(config, explicit, device)
@@ -239,6 +238,4 @@ def prepare(parser, argv, sampling_options) -> tuple[dict, datasets.Dataset, dic
     # a new run measures auto once: config.json and the checkpoint keep the number
     config = options.resolve_input_scale(config, dataset)
     run_folder.check_writable(out_dir)
-    if replacing:
-        run_folder.clear(out_dir)
     return config, dataset, checkpoint

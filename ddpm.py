@@ -920,18 +920,19 @@ def experiment(config: dict, dataset: datasets.Dataset, checkpoint: dict | None 
         first_bad = int((~(run.losses <= DIVERGED_LOSS)).nonzero()[0])  # NaN compares False
         saved = checkpoints.state_of(run) | {"losses": run.losses[: first_bad + 1].cpu()}
         run_folder.stop_early(out_dir, saved, labels, limits, diverged_at=first_bad)
-    if not run.frames:  # --num_epochs 0: only sample the checkpoint
-        sample_frame(run)
-        finish_frames(run)
-    tic, straight = time.perf_counter(), SECOND_THREAD.submit(path_straightness, run)
-    metrics = evaluate.evaluate(run.frames[-1].numpy(), dataset, seed, labels, floor.result())
-    seconds |= {"frames": run.frame_seconds, "evaluate": time.perf_counter() - tic}
-    tic = time.perf_counter()
-    metrics |= {"nfe": num_evals, "straightness": straight.result()}
-    seconds["straightness"] = time.perf_counter() - tic  # the wait for it after scoring
-    seconds |= {"pairs": run.pairs["seconds"]} if run.pairs else {}
-    saved = checkpoints.state_of(run)
-    print(run_folder.save_run(out_dir, saved, labels, limits, metrics, seconds, started))
+    with run_folder.StopOnCtrlC("training is done: scoring and saving it first"):
+        if not run.frames:  # --num_epochs 0: only sample the checkpoint
+            sample_frame(run)
+            finish_frames(run)
+        tic, straight = time.perf_counter(), SECOND_THREAD.submit(path_straightness, run)
+        metrics = evaluate.evaluate(run.frames[-1].numpy(), dataset, seed, labels, floor.result())
+        seconds |= {"frames": run.frame_seconds, "evaluate": time.perf_counter() - tic}
+        tic = time.perf_counter()
+        metrics |= {"nfe": num_evals, "straightness": straight.result()}
+        seconds["straightness"] = time.perf_counter() - tic  # the wait for it after scoring
+        seconds |= {"pairs": run.pairs["seconds"]} if run.pairs else {}
+        saved = checkpoints.state_of(run)
+        print(run_folder.save_run(out_dir, saved, labels, limits, metrics, seconds, started))
     return metrics
 
 

@@ -351,17 +351,19 @@ def run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None)
         first_bad = int((~(state.losses <= ddpm.DIVERGED_LOSS)).nonzero()[0])
         saved = checkpoints.state_of(state) | {"losses": state.losses[: first_bad + 1].cpu()}
         run_folder.stop_early(out_dir, saved, labels, state.plot_limits, first_bad, "discrete.py")
-    if not state.frames:  # --num_epochs 0: only sample the checkpoint
-        sample_frame(state)
-    tic = time.perf_counter()
-    metrics = evaluate.evaluate(state.frames[-1].numpy(), dataset, config["seed"], labels=labels)
-    held_out = dataset.unseen(likelihood.NLL_POINTS, likelihood.NLL_SEED + config["seed"])[0]
-    metrics |= {"nfe": steps} | likelihoods(state, held_out, config["order"])
-    if steps != model.length:  # the exact likelihood is that of the N = L sampler, not this one
-        del metrics["nll_sampler"]
-    seconds |= {"frames": state.frame_seconds, "evaluate": time.perf_counter() - tic}
-    saved = checkpoints.state_of(state)
-    print(run_folder.save_run(out_dir, saved, labels, state.plot_limits, metrics, seconds, started))
+    with run_folder.StopOnCtrlC("training is done: scoring and saving it first"):
+        if not state.frames:  # --num_epochs 0: only sample the checkpoint
+            sample_frame(state)
+        tic, seed = time.perf_counter(), config["seed"]
+        metrics = evaluate.evaluate(state.frames[-1].numpy(), dataset, seed, labels=labels)
+        held_out = dataset.unseen(likelihood.NLL_POINTS, likelihood.NLL_SEED + seed)[0]
+        metrics |= {"nfe": steps} | likelihoods(state, held_out, config["order"])
+        if steps != model.length:  # the exact likelihood is that of the N = L sampler, not this
+            del metrics["nll_sampler"]
+        seconds |= {"frames": state.frame_seconds, "evaluate": time.perf_counter() - tic}
+        saved = checkpoints.state_of(state)
+        limits = state.plot_limits
+        print(run_folder.save_run(out_dir, saved, labels, limits, metrics, seconds, started))
     return metrics
 
 

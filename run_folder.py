@@ -33,9 +33,13 @@ OUTPUT_FILES = (
 
 
 class StopOnCtrlC:
-    """The first Ctrl-C asks training to stop after this epoch, so the saved state is whole."""
+    """The first Ctrl-C asks training to stop after this epoch, so the saved state is whole; after
+    training (doing: what is left to do), it lets the run be scored and saved first."""
 
     requested = False
+
+    def __init__(self, doing="stopping after this epoch and saving"):
+        self.doing = doing
 
     def __enter__(self):
         self.previous = signal.signal(signal.SIGINT, self._handle)
@@ -45,9 +49,7 @@ class StopOnCtrlC:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        tqdm.write(
-            "Ctrl-C: stopping after this epoch and saving (press again to quit without saving)"
-        )
+        tqdm.write(f"Ctrl-C: {self.doing} (press again to quit without saving)")
 
     def __exit__(self, *exc):
         signal.signal(signal.SIGINT, self.previous)
@@ -84,7 +86,8 @@ def check_writable(out_dir: Path) -> None:
 
 
 def clear(out_dir: Path) -> None:
-    """Remove a replaced run's outputs: nothing of it may be mistaken for the new run's."""
+    """Remove a replaced run's outputs, as the new run's are written: nothing of the old may be
+    mistaken for the new, and a new run that fails before it writes leaves the old whole."""
     for name in OUTPUT_FILES:
         (out_dir / name).unlink(missing_ok=True)
     shutil.rmtree(out_dir / "images", ignore_errors=True)
@@ -93,6 +96,7 @@ def clear(out_dir: Path) -> None:
 def save_outputs(out_dir: Path, state: dict, frame_labels, plot_limits, with_checkpoint=True):
     """config.json, loss.npy and .png, frames.npy (frame_labels.npy), images/ and model.pth."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    clear(out_dir)
     losses, frames = state["losses"].cpu().numpy(), state["frames"].numpy()
     write_json(out_dir / "config.json", state["config"])
     write_atomically(out_dir / "loss.npy", lambda f: np.save(f, losses))
@@ -100,7 +104,6 @@ def save_outputs(out_dir: Path, state: dict, frame_labels, plot_limits, with_che
     write_atomically(out_dir / "frames.npy", lambda f: np.save(f, frames))
     if frame_labels is not None:
         write_atomically(out_dir / "frame_labels.npy", lambda f: np.save(f, frame_labels))
-    shutil.rmtree(out_dir / "images", ignore_errors=True)
     if len(frames):
         plots.save_frames(
             frames, state["frame_epochs"], out_dir / "images", frame_labels, plot_limits

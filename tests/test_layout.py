@@ -49,12 +49,13 @@ def test_no_module_imports_one_that_imports_it_back():
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
-def test_ddpm_py_is_at_most_955_lines_with_the_loop_under_its_banner():
+def test_ddpm_py_is_at_most_956_lines_with_the_loop_under_its_banner():
     # 750 for DDPM, flow matching and EDM; 100 more for reflow (Liu et al. 2023) and the
     # normalised blocks and directional embedding of the MLP; 70 for consistency models; 20 for
-    # the frames on a second thread; 15 for EDM's stable target (Xu et al. 2023)
+    # the frames on a second thread; 15 for EDM's stable target (Xu et al. 2023); 1 for a Ctrl-C
+    # that comes after training: the run is scored and saved first
     lines = (PROJECT_DIR / "ddpm.py").read_text().splitlines()
-    assert len(lines) <= 955
+    assert len(lines) <= 956
     banner = next(
         i for i, line in enumerate(lines) if line.startswith("# ---") and "Training loop" in line
     )

@@ -2,6 +2,7 @@
 
 import errno
 import gc
+import json
 import os
 import shutil
 import signal
@@ -170,6 +171,42 @@ def trained(tmp_path_factory):
 def test_rerunning_an_experiment_is_refused_unless_overwrite(capsys, trained):
     code, err = cli(capsys, *TINY, "--exps_dir", str(trained), "--experiment_name", "tiny")
     assert_one_line_error(code, err, "already holds a run", "--overwrite")
+
+
+def test_a_failed_overwrite_leaves_the_run_it_would_replace(capsys, trained, tmp_path, monkeypatch):
+    shutil.copytree(trained / "tiny", tmp_path / "old")
+    before = {path.name: path.read_bytes() for path in (tmp_path / "old").glob("*.*")}
+
+    def failed_training(*args):
+        raise RuntimeError("training failed")
+
+    monkeypatch.setattr(ddpm, "train", failed_training)
+    with pytest.raises(RuntimeError, match="training failed"):
+        ddpm.main([*TINY, "--exps_dir", str(tmp_path), "--experiment_name", "old", "--overwrite"])
+    assert {path.name: path.read_bytes() for path in (tmp_path / "old").glob("*.*")} == before
+
+
+def test_an_overwrite_leaves_nothing_of_the_run_it_replaced(tmp_path):
+    moons = ["--dataset", "moons", *TINY[2:], "--exps_dir", str(tmp_path)]
+    assert ddpm.main(moons) == 0
+    assert (tmp_path / "base" / "frame_labels.npy").exists()  # the moons' two classes
+    assert ddpm.main([*TINY, "--exps_dir", str(tmp_path), "--overwrite"]) == 0
+    assert not (tmp_path / "base" / "frame_labels.npy").exists()  # the line has none
+    assert json.loads((tmp_path / "base" / "config.json").read_text())["dataset"] == "line"
+
+
+def test_ctrl_c_after_training_scores_and_saves_the_run_first(capsys, tmp_path, monkeypatch):
+    score = ddpm.evaluate.evaluate
+
+    def interrupted_score(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the run is scored
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(ddpm.evaluate, "evaluate", interrupted_score)
+    assert ddpm.main([*TINY, "--exps_dir", str(tmp_path)]) == 0
+    assert "Ctrl-C: training is done: scoring and saving it first" in capsys.readouterr().out
+    assert (tmp_path / "base" / "model.pth").exists()
+    assert "w2_ratio" in json.loads((tmp_path / "base" / "metrics.json").read_text())
 
 
 def test_sampling_a_checkpoint_without_training(capsys, trained):
