@@ -311,3 +311,18 @@ def test_a_conditional_run_on_own_data_samples_every_class_in_its_units(tmp_path
         0.0,
         0.5,
     ]
+
+
+def test_a_file_is_kept_by_its_absolute_path_so_the_run_works_from_any_folder(
+    tmp_path, monkeypatch
+):
+    np.savetxt(tmp_path / "points.csv", POINTS, delimiter=",", header="x,y", comments="")
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--num_epochs", "1", "--eval_batch_size", "100", "--exps_dir", "exps"]
+    assert ddpm.main(["--dataset", "points.csv", *tiny]) == 0
+    config = json.loads((tmp_path / "exps" / "base" / "config.json").read_text())
+    assert config["dataset"] == str(tmp_path / "points.csv")
+    monkeypatch.chdir(tmp_path / "exps")  # the same file by another relative path
+    again = ["--checkpoint", "base/model.pth", "--dataset", "../points.csv", "--num_epochs", "0"]
+    assert ddpm.main([*again, "--exps_dir", ".", "--experiment_name", "again"]) == 0
+    assert evaluate.main(["base"]) == 0
