@@ -35,7 +35,7 @@ def _shown(key: str, value) -> str:
     """An option's value as a folder name shows it: a checkpoint or a teacher (--reflow,
     --consistency) by its run's folder (past 40 characters by their digest: a chain of teachers
     stays a short name), a dataset file by its name, a list comma-joined."""
-    if key == "dataset" and value.endswith(datasets.FILE_SUFFIXES):
+    if key == "dataset" and datasets.names_a_file(value):
         return Path(value).name
     if key in ("checkpoint", "reflow", "consistency"):
         name = Path(value).parent.name

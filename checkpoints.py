@@ -223,7 +223,7 @@ def absolute_paths(given: dict) -> dict:
     """given with a file's --dataset and --data_dir made absolute: a run's config.json keeps
     them so, and evaluate.py, likelihood.py and --resume find them from any working folder."""
     paths = {}
-    if str(given.get("dataset", "")).endswith(datasets.FILE_SUFFIXES):
+    if datasets.names_a_file(str(given.get("dataset", ""))):
         paths["dataset"] = os.path.abspath(os.path.expanduser(given["dataset"]))
     if given.get("data_dir"):
         paths["data_dir"] = os.path.abspath(os.path.expanduser(given["data_dir"]))

@@ -126,6 +126,13 @@ DATASETS = {"moons": moons, "line": line, "circle": circle} | {
     name: datasaurus(shape) for name, shape in DATASAURUS_SHAPES.items()
 }
 FILE_SUFFIXES = (".csv", ".tsv", ".npy")
+
+
+def names_a_file(spec: str) -> bool:
+    """Whether --dataset spec is a file's path (my.csv, MY.CSV), not built-in shapes' names."""
+    return spec.lower().endswith(FILE_SUFFIXES)
+
+
 MIN_FILE_POINTS = 10
 # A file's rows held out of training for its scores: this share of each class (at least one row
 # of a class with two or more), at most HELD_OUT_MAX rows in all, chosen once by HELD_OUT_SEED.
@@ -221,12 +228,12 @@ def read_points_file(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[st
     if not path.is_file():
         raise bad("file not found")
     try:
-        if path.suffix == ".npy":
+        if path.suffix.lower() == ".npy":
             array = np.load(path, allow_pickle=False)
             table = pd.DataFrame(array.reshape(len(array), -1) if array.ndim else array[None])
         else:
-            table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
-    except (ValueError, OSError, pd.errors.EmptyDataError, pd.errors.ParserError) as err:
+            table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+    except (ValueError, OSError, EOFError, pd.errors.EmptyDataError, pd.errors.ParserError) as err:
         raise bad(
             f"cannot be read ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else 'empty'})"
@@ -268,6 +275,12 @@ def read_points_file(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[st
         )
     if label_column is None:
         return points, None, []
+    unlabelled = table[label_column].isna().to_numpy()
+    if unlabelled.any():
+        raise bad(
+            f"{unlabelled.sum()} rows have no {label_column} (first: row "
+            f"{int(np.argmax(unlabelled)) + 1}): give every row one, or drop the column"
+        )
     classes = sorted(table[label_column].astype(str).unique())
     return points, table[label_column].astype(str).map(classes.index).to_numpy(), classes
 
@@ -309,16 +322,19 @@ def _file(path: Path, held_out: float) -> Dataset:
 def load(spec: str, data_dir: str | None = None, held_out: float = HELD_OUT) -> Dataset:
     """A dataset by name ("dino"), comma-separated names ("dino,star,bullseye"), or file path
     (of whose rows the share held_out is kept out of training, for scoring)."""
-    if spec.endswith(FILE_SUFFIXES):
+    if names_a_file(spec):
         return _file(Path(os.path.expanduser(spec)), held_out)
-    names = spec.split(",")
+    names = [name.strip() for name in spec.split(",")]
     unknown = [name for name in names if name not in DATASETS]
     if unknown:
         raise DatasetError(
             f"unknown dataset {unknown[0]!r}: choose from {', '.join(DATASETS)}, a "
             "comma-separated list of them, or a .csv/.tsv/.npy file"
         )
-    return _mixture(names, data_dir) if len(names) > 1 else _builtin(spec, data_dir)
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice:
+        raise DatasetError(f"{spec!r} names {twice} twice: each class once")
+    return _mixture(names, data_dir) if len(names) > 1 else _builtin(names[0], data_dir)
 
 
 def get_dataset(

@@ -99,6 +99,12 @@ def test_samples_that_copy_the_training_rows_score_no_better_than_fresh_ones(tmp
         ),
         ("text.csv", "x,y\n" + "1,2\n" * 20 + "one,3\n", "rows have missing, non-numeric"),
         ("few.csv", "x,y\n" + "1,2\n" * 9, "has 9 points; at least 10"),
+        (
+            "unlabelled.csv",
+            "x,y,label\n" + "1,2,a\n3,4,b\n" * 10 + "5,6,\n",
+            "1 rows have no label",
+        ),
+        ("empty.npy", "", "cannot be read (EOFError"),
     ],
 )
 def test_a_bad_points_file_is_a_one_line_error_naming_file_and_problem(
@@ -112,6 +118,23 @@ def test_a_bad_points_file_is_a_one_line_error_naming_file_and_problem(
     err = capsys.readouterr().err
     assert exit.value.code == 2 and err.count("\n") == 1
     assert str(path) in err and problem in err
+
+
+@pytest.mark.parametrize("spec", ["dino,star,dino", "moons,moons"])
+def test_a_shape_named_twice_is_refused(capsys, spec):
+    with pytest.raises(SystemExit) as exit:
+        ddpm.main(["--dataset", spec])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.count("\n") == 1 and "twice: each class once" in err
+
+
+def test_names_may_have_spaces_and_a_file_an_upper_case_suffix(tmp_path):
+    assert datasets.load("dino, star").classes == ["dino", "star"]
+    with open(tmp_path / "POINTS.NPY", "wb") as file:  # np.save would add ".npy"
+        np.save(file, POINTS)
+    assert np.allclose(
+        datasets.load(str(tmp_path / "POINTS.NPY"), held_out=0).train_set()[0], POINTS
+    )
 
 
 def test_dataset_list_prints_every_name(capsys):
