@@ -117,6 +117,7 @@ def with_teacher(config: dict, explicit: dict, device: torch.device) -> dict:
     """The config of a reflow run (--reflow): a flow on the teacher's dataset, the teacher's
     model.pth checked to load."""
     teacher = load(Path(config["reflow"]), device)
+    check_program(teacher)
     if explicit.get("method", "flow") != "flow" or config["denoiser"] == "exact":
         raise options.UsageError(
             "--reflow trains a flow on the teacher's pairs: drop --method and --denoiser"
@@ -178,6 +179,14 @@ def load(path: Path, device: torch.device) -> dict:
     return checkpoint
 
 
+def check_program(checkpoint: dict, program: str = "ddpm.py") -> None:
+    """Refuse the checkpoint of a run of the other program: discrete.py's runs are of the method
+    "discrete", ddpm.py's of ddpm, flow or edm."""
+    other = "ddpm.py" if program == "discrete.py" else "discrete.py"
+    if (checkpoint["config"]["method"] == "discrete") != (program == "discrete.py"):
+        raise options.UsageError(f"that checkpoint is a {other} run's: use it with {other}")
+
+
 def merge_config(config: dict, explicit: dict, saved: dict, fields) -> dict:
     """Take `fields` from the checkpoint's config; refuse if the user asked for other values."""
     differ = [field for field in fields if field in explicit and explicit[field] != saved[field]]
@@ -191,9 +200,9 @@ def merge_config(config: dict, explicit: dict, saved: dict, fields) -> dict:
     return config | {field: saved[field] for field in fields}
 
 
-def starting_point(config: dict, explicit: dict, device: torch.device) -> tuple[dict, dict | None]:
-    """(config, checkpoint) of a run: a fresh one (no checkpoint), --resume of the run in
-    <exps_dir>/<experiment_name>, or a new run from --checkpoint's model."""
+def starting_point(config: dict, explicit: dict, device, program: str) -> tuple[dict, dict | None]:
+    """(config, checkpoint) of a run of program: a fresh one (no checkpoint), --resume of the run
+    in <exps_dir>/<experiment_name>, or a new run from --checkpoint's model."""
     out_dir = Path(config["exps_dir"]) / config["experiment_name"]
     if config["resume"]:
         if config["checkpoint"]:
@@ -201,6 +210,7 @@ def starting_point(config: dict, explicit: dict, device: torch.device) -> tuple[
                 "--resume continues <experiment_name>; do not give --checkpoint with it"
             )
         checkpoint = load(out_dir / "model.pth", device)
+        check_program(checkpoint, program)
         fields = [field for field in checkpoint["config"] if field not in RUN_FIELDS]
         config = merge_config(config, explicit, checkpoint["config"], fields)
         if checkpoint["epoch"] >= config["num_epochs"]:
@@ -216,6 +226,7 @@ def starting_point(config: dict, explicit: dict, device: torch.device) -> tuple[
     if not config["checkpoint"]:
         return config, None
     checkpoint = load(Path(config["checkpoint"]), device)
+    check_program(checkpoint, program)
     return merge_config(config, explicit, checkpoint["config"], MODEL_FIELDS), checkpoint
 
 
@@ -230,14 +241,16 @@ def absolute_paths(given: dict) -> dict:
     return given | paths
 
 
-def prepare(parser, argv, sampling_options) -> tuple[dict, datasets.Dataset, dict | None]:
-    """The checked config of a command line, its dataset and the checkpoint to start from
-    (sampling_options: ddpm's, a config's sampler settings). The run it replaces stays until the
-    new one writes its outputs (run_folder.clear)."""
+def prepare(
+    parser, argv, sampling_options, program="ddpm.py"
+) -> tuple[dict, datasets.Dataset, dict | None]:
+    """The checked config of a command line of program, its dataset and the checkpoint to start
+    from (sampling_options: ddpm's, a config's sampler settings). The run it replaces stays
+    until the new one writes its outputs (run_folder.clear)."""
     config, explicit = (absolute_paths(given) for given in options.check_command_line(parser, argv))
     device = options.resolve_device(config["device"])
     out_dir = Path(config["exps_dir"]) / config["experiment_name"]
-    config, checkpoint = starting_point(config, explicit, device)
+    config, checkpoint = starting_point(config, explicit, device, program)
     if "consistency" in explicit and not config["resume"]:  # RUN's model, fine-tuned
         config, checkpoint = consistency_start(config, explicit, device)
     if config["reflow"] and "pairs" not in (checkpoint or {}):  # the pairs are still to draw

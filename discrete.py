@@ -436,6 +436,8 @@ def prepare(parser, argv) -> tuple[dict, datasets.Dataset, dict | None]:
     foreign = [flags[name] for name in DDPM_ONLY if name in explicit]  # --no_stable_target's too
     if foreign:
         raise options.UsageError(f"{foreign[0]} is an option of ddpm.py, not of discrete.py")
+    if config["bins"] < 2:  # one bin: every point the same token, nothing to learn
+        raise options.UsageError(f"--bins must be at least 2, got {config['bins']}")
     if config["digits"] == 2 and (
         config["bins"] < 4 or math.isqrt(config["bins"]) ** 2 != config["bins"]
     ):
@@ -443,10 +445,8 @@ def prepare(parser, argv) -> tuple[dict, datasets.Dataset, dict | None]:
             f"--digits 2 writes a bin in two digits of sqrt(V) values: --bins must be a square "
             f"of at least 4 (e.g. 256 = 16^2), got {config['bins']}"
         )
-    config, dataset, checkpoint = checkpoints.prepare(parser, argv, sampling_options)
+    config, dataset, checkpoint = checkpoints.prepare(parser, argv, sampling_options, "discrete.py")
     if checkpoint is not None:
-        if "bins" not in checkpoint["config"]:
-            raise options.UsageError("that checkpoint is a ddpm.py run's: sample it with ddpm.py")
         config = checkpoints.merge_config(config, explicit, checkpoint["config"], TOKEN_FIELDS)
     # the method in config.json, and what loss.png names (plots.LOSS_TARGETS)
     return config | {"method": "discrete"}, dataset, checkpoint

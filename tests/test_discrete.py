@@ -10,7 +10,9 @@ import torch
 from conftest import PROJECT_DIR
 from torch import nn
 
+import ddpm
 import discrete
+import likelihood
 import options
 import run_folder
 
@@ -223,6 +225,7 @@ def test_a_tiny_run_writes_its_folder_and_samples_again(tmp_path, capsys):
         (["--no_stable_target"], "--no_stable_target is an option of ddpm.py"),
         (["--digits", "2", "--bins", "200"], "--bins must be a square"),
         (["--bins", "0"], "must be positive"),
+        (["--bins", "1"], "--bins must be at least 2"),
     ],
 )
 def test_bad_input_ends_in_one_line(args, message, tmp_path, capsys):
@@ -231,6 +234,28 @@ def test_bad_input_ends_in_one_line(args, message, tmp_path, capsys):
     assert stop.value.code == 2
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
+
+
+def test_a_run_of_one_program_is_refused_by_the_other_in_one_line(tmp_path, capsys):
+    out = ["--exps_dir", str(tmp_path)]
+    assert discrete.main([*TINY, *out, "--dataset", "line"]) == 0
+    assert ddpm.main([*TINY[:2], *out, "--dataset", "line", "--experiment_name", "ddpm"]) == 0
+    capsys.readouterr()
+    discrete_run, ddpm_run = tmp_path / "discrete", tmp_path / "ddpm"
+    new = [*out, "--experiment_name", "new"]
+    uses = [
+        (ddpm.main, ["--checkpoint", str(discrete_run / "model.pth"), *new], "discrete.py"),
+        (ddpm.main, [*out, "--experiment_name", "discrete", "--resume"], "discrete.py"),
+        (ddpm.main, ["--reflow", str(discrete_run), *new], "discrete.py"),
+        (likelihood.main, [str(discrete_run)], "discrete.py"),
+        (discrete.main, ["--checkpoint", str(ddpm_run / "model.pth"), *new], "ddpm.py"),
+    ]
+    for main, args, program in uses:
+        with pytest.raises(SystemExit) as stop:
+            main(args)
+        error = capsys.readouterr().err
+        assert stop.value.code == 2 and error.count("\n") == 1, error
+        assert f"that checkpoint is a {program} run's: use it with {program}" in error
 
 
 def test_help_names_the_token_options_and_hides_ddpms():
