@@ -406,7 +406,8 @@ def build_parser(choices: dict) -> ArgumentParser:
     run.add_argument(
         "--checkpoint",
         default=None,
-        help="start from this model.pth (with --num_epochs 0: only sample and evaluate)",
+        help="start from this model.pth, or a run folder's (with --num_epochs 0: only sample "
+        "and evaluate)",
     )
     reflow.add_argument(
         "--reflow",
@@ -486,6 +487,8 @@ def check_config(config: dict) -> None:
         raise UsageError(f"--s_churn must be at least 0, got {config['s_churn']:g}")
     if not 0 <= config["ema_decay"] < 1:
         raise UsageError(f"--ema_decay must be in [0, 1), got {config['ema_decay']}")
+    if config["num_timesteps"] < 2:  # one step: the schedule's ends are the same beta
+        raise UsageError(f"--num_timesteps must be at least 2, got {config['num_timesteps']}")
     if not 0 <= config["eta"] <= 1:
         raise UsageError(f"--eta must be in [0, 1], got {config['eta']}")
     if not 0 <= config["cond_drop_prob"] <= 1:
@@ -521,10 +524,10 @@ def check_command_line(parser: argparse.ArgumentParser, argv) -> tuple[dict, dic
         raise UsageError("--reflow and --consistency train two different students: give one")
     if config["consistency"] and config["checkpoint"]:
         raise UsageError("--consistency RUN starts from RUN's model: drop --checkpoint")
-    for teacher in ("reflow", "consistency"):  # a run folder means its model.pth
-        if config[teacher]:
-            path = Path(config[teacher])
-            config[teacher] = explicit[teacher] = str(path / "model.pth" if path.is_dir() else path)
+    for start in ("checkpoint", "reflow", "consistency"):  # a run folder means its model.pth
+        if config[start]:
+            path = Path(config[start])
+            config[start] = explicit[start] = str(path / "model.pth" if path.is_dir() else path)
     if config["consistency"]:  # its own defaults where none was typed
         config |= {key: value for key, value in CONSISTENCY_DEFAULTS.items() if key not in explicit}
     config["consistency_sigmas"] = None  # a consistency run's levels, stored when it ends

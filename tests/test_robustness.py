@@ -93,6 +93,7 @@ def assert_one_line_error(code, err, *phrases, exit_code=2):
         (["--eta", "2"], "--eta must be in [0, 1]"),
         (["--cond_drop_prob", "1.5"], "--cond_drop_prob must be in [0, 1]"),
         (["--guidance_scale", "-1"], "--guidance_scale must be at least 0"),
+        (["--method", "ddpm", "--num_timesteps", "1"], "--num_timesteps must be at least 2"),
         (["--guidance_scale", "nan"], "--guidance_scale: must be a finite number, got nan"),
         (["--guidance_scale", "inf"], "--guidance_scale: must be a finite number, got inf"),
         (["--learning_rate", "inf"], "--learning_rate: must be a finite number, got inf"),
@@ -232,6 +233,13 @@ def test_sampling_a_checkpoint_without_training(capsys, trained):
         2,
     )  # eval_batch_size is not a model field: the default 1000
     assert (trained / "resampled" / "metrics.json").is_file()
+
+
+def test_a_checkpoint_may_be_given_as_its_run_folder(capsys, trained):
+    again = ["--checkpoint", str(trained / "tiny"), "--num_epochs", "0", "--exps_dir", str(trained)]
+    assert cli(capsys, *again, "--experiment_name", "from_folder")[0] == 0
+    config = json.loads((trained / "from_folder" / "config.json").read_text())
+    assert config["checkpoint"] == str(trained / "tiny" / "model.pth")
 
 
 @pytest.mark.parametrize(
