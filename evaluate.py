@@ -325,8 +325,12 @@ def main(argv=None) -> int:
         "--dataset",
         help="a dataset name, comma-separated names or a file (default: the run's config.json)",
     )
-    parser.add_argument("--frame", type=int, default=-1, help="which frame to score")
-    parser.add_argument("--seed", type=options.seed, default=0, help="seed of the reference draws")
+    parser.add_argument(
+        "--frame", type=int, default=-1, help="which frame to score (default: -1, the last)"
+    )
+    parser.add_argument(
+        "--seed", type=options.seed, default=0, help="seed of the reference draws (default: 0)"
+    )
     parser.add_argument("--data_dir", help="folder holding DatasaurusDozen.tsv")
     args = parser.parse_args(argv)
     with options.errors_in_one_line(parser):

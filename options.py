@@ -346,16 +346,18 @@ def build_parser(choices: dict) -> ArgumentParser:
         choices=choices["sampler"],
         help="ancestral DDPM steps, DDIM steps (--eta), or EDM's Euler or Heun steps of the "
         "probability-flow ODE (Heun: 2 network evaluations per step but the last), or "
-        "Euler-Maruyama steps of the reverse-time SDE (sde) (default: the method's own: ddpm for "
-        "ddpm, heun for flow, sde for edm)",
+        "Euler-Maruyama steps of the reverse-time SDE (sde), or a consistency model's jumps "
+        "(consistency) (default: the method's own: ddpm for ddpm, heun for flow, sde for edm, "
+        "consistency for a --consistency run)",
     )
     advanced.add_argument(
         "--grid",
         default=None,
         choices=choices["grid"],
         help="the noise levels of the sampling steps: DDPM's trained timesteps (ddpm only), "
-        "the rho = 7 grid between --sigma_max and --sigma_min, or even steps in flow's t "
-        "(default: the method's own: timesteps, uniform_t, karras)",
+        "the rho = 7 grid between --sigma_max and --sigma_min, even steps in flow's t, or the "
+        "levels a --consistency run stored (default: the method's own: timesteps, uniform_t, "
+        "karras, stored)",
     )
     sampling.add_argument(
         "--num_inference_steps",

@@ -147,7 +147,7 @@ def save_run(out_dir: Path, state: dict, frame_labels, plot_limits, metrics, sec
         write_json(out_dir / "metrics.json", metrics)
     except OSError as err:
         raise TrainingError(rescue(out_dir, state, err, with_checkpoint)) from None
-    files = "config.json loss.npy frames.npy images/ metrics.json"
+    files = "config.json loss.npy loss.png frames.npy images/ metrics.json"
     return f"outputs in {out_dir}/: " + ("model.pth " if with_checkpoint else "") + files
 
 
