@@ -218,11 +218,6 @@ def starting_point(config: dict, explicit: dict, device, program: str) -> tuple[
                 f"{out_dir} finished all {config['num_epochs']} epochs: nothing to resume"
             )
         return config, checkpoint
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not config["overwrite"]:
-        raise options.UsageError(
-            f"{out_dir} already holds a run: pass --overwrite to replace it, --resume to "
-            "continue it, or choose another --experiment_name"
-        )
     if not config["checkpoint"]:
         return config, None
     checkpoint = load(Path(config["checkpoint"]), device)
@@ -262,5 +257,11 @@ def prepare(
     options.check_dataset(config, dataset)
     # a new run measures auto once: config.json and the checkpoint keep the number
     config = options.resolve_input_scale(config, dataset)
+    if not config["resume"] and out_dir.is_dir() and any(out_dir.iterdir()):
+        if not config["overwrite"]:  # checked last: a mistyped option is the first thing to fix
+            raise options.UsageError(
+                f"{out_dir} already holds a run: pass --overwrite to replace it, --resume to "
+                "continue it, or choose another --experiment_name"
+            )
     run_folder.check_writable(out_dir)
     return config, dataset, checkpoint

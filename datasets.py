@@ -218,8 +218,9 @@ def _mixture(names: list[str], data_dir: str | None) -> Dataset:
     return Dataset(",".join(names), names, draw)
 
 
-def read_points_file(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """(points (m, 2), labels (m,) or None, class names) from a .csv, .tsv or .npy file."""
+def read_points_file(path: Path, to_train=True) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """(points (m, 2), labels (m,) or None, class names) from a .csv, .tsv or .npy file; points
+    to train on (to_train) must be at least MIN_FILE_POINTS and spread in x and in y."""
     import pandas as pd  # here, not at the top: only a user's file needs it (0.3 s to import)
 
     def bad(problem):
@@ -262,13 +263,13 @@ def read_points_file(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[st
             f"{broken.sum()} rows have missing, non-numeric, NaN or infinite coordinates "
             f"(first: row {int(np.argmax(broken)) + 1})"
         )
-    if len(points) < MIN_FILE_POINTS:
+    if to_train and len(points) < MIN_FILE_POINTS:
         raise bad(f"has {len(points)} points; at least {MIN_FILE_POINTS} are needed")
     # training standardises each coordinate of the float32 points by its spread
     flat = [
         name for name, spread in zip("xy", np.ptp(points.astype(np.float32), axis=0)) if not spread
     ]
-    if flat:
+    if to_train and flat:
         raise bad(
             f"all points have the same {' and the same '.join(flat)} (spread 0): the model needs "
             "spread in both coordinates"

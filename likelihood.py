@@ -275,7 +275,9 @@ def log_p_of(model_nll, points: torch.Tensor) -> torch.Tensor:
 
 def write_log_p(run, points_path: Path, out: Path | None, steps: int) -> None:
     """x, y, log p of each row of a points file, as a .csv to out (or printed)."""
-    points = torch.tensor(datasets.read_points_file(points_path)[0], dtype=torch.float32)  # (n, 2)
+    points = torch.tensor(
+        datasets.read_points_file(points_path, to_train=False)[0], dtype=torch.float32
+    )  # (n, 2)
     log_p = log_p_of(run_nll(run, steps), points)
     rows = [f"{x:.9g},{y:.9g},{v:.6f}" for (x, y), v in zip(points.tolist(), log_p.tolist())]
     text = "x,y,log_p\n" + "\n".join(rows) + "\n"

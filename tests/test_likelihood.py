@@ -92,6 +92,10 @@ def test_the_nll_of_a_trained_run_prints_the_line(tmp_path, capsys):
     assert likelihood.main([str(tmp_path / "tiny"), "--steps", "4"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert re.fullmatch(r"NLL -?\d+\.\d{3} nats per point \(held-out, n = 1000\)", first), first
+    (tmp_path / "one.csv").write_text("x,y\n0.5,0.25\n")  # any number of points to score
+    assert likelihood.main([str(tmp_path / "tiny"), "--points", str(tmp_path / "one.csv")]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header == "x,y,log_p" and row.startswith("0.5,0.25,")
 
 
 def test_the_exact_nll_refuses_a_dataset_without_a_closed_form_density(capsys):

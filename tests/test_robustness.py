@@ -210,6 +210,12 @@ def test_ctrl_c_after_training_scores_and_saves_the_run_first(capsys, tmp_path, 
     assert "w2_ratio" in json.loads((tmp_path / "base" / "metrics.json").read_text())
 
 
+def test_a_mistyped_dataset_is_reported_before_the_run_in_the_way(capsys, trained):
+    run = ["--exps_dir", str(trained), "--experiment_name", "tiny"]  # a run is there already
+    code, err = cli(capsys, *TINY, "--dataset", "spiral", *run)
+    assert_one_line_error(code, err, "unknown dataset 'spiral'")
+
+
 def test_sampling_a_checkpoint_without_training(capsys, trained):
     code, _ = cli(
         capsys,
