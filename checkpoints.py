@@ -254,7 +254,7 @@ def prepare(
     options.check_grid(config, sampling_options(config))
     # the checkpoint's, if any
     dataset = datasets.load(config["dataset"], config["data_dir"], config["held_out"])
-    options.check_dataset(config, dataset)
+    options.check_dataset(config, dataset, explicit)
     # a new run measures auto once: config.json and the checkpoint keep the number
     config = options.resolve_input_scale(config, dataset)
     if not config["resume"] and out_dir.is_dir() and any(out_dir.iterdir()):

@@ -570,19 +570,28 @@ def check_grid(config: dict, sampling: dict) -> None:
         )
 
 
-def check_dataset(config: dict, dataset: datasets.Dataset) -> None:
+def check_dataset(config: dict, dataset: datasets.Dataset, explicit: dict) -> None:
     """What depends on the dataset and the machine: the class asked for, guidance (classes to
-    guide towards), a file's held-out rows (one of each class at least), the memory needed."""
+    guide towards), a file's held-out rows (one of each class at least), the memory needed; and
+    the options typed (explicit) that would be ignored: DDIM's eta with another sampler."""
     if config["class_label"] is not None and config["class_label"] not in dataset.classes:
         raise UsageError(
             f"--class_label {config['class_label']!r} is not a class of {dataset.name}: "
             f"its classes are {', '.join(dataset.classes) or 'none'}"
         )
-    if not dataset.classes and config["guidance_scale"] != 1:  # else silently unguided
+    guidance = ("guidance_scale", "guidance_interval", "cond_drop_prob")
+    given = next((name for name in guidance if name in explicit), None)
+    if not dataset.classes and given:  # else silently unguided, or nothing hidden
         raise UsageError(
-            f"--guidance_scale needs classes to guide towards, and {dataset.name} has none (a "
-            "file names them in a column called label or class; moons and dino,star,... have them)"
+            f"--{given} needs classes to guide towards, and {dataset.name} has none (a file "
+            "names them in a column called label or class; moons and dino,star,... have them)"
         )
+    if "held_out" in explicit and not dataset.is_file:
+        raise UsageError(
+            f"--held_out is for your own file: {dataset.name} is scored on fresh draws"
+        )
+    if "eta" in explicit and config.get("sampler") != "ddim":
+        raise UsageError("--eta is DDIM's: add --sampler ddim")
     held = dataset.unseen_counts
     if held is not None and not held.all():  # a class of one row: trained on, never held out
         name = dataset.classes[int((held == 0).argmax())] if dataset.classes else "its rows"
