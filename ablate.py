@@ -119,7 +119,7 @@ def sweep(
     sampled after one epoch, from a model that has not yet learnt anything worth showing."""
     rows, cells, labels, col_labels = [], [], [], None
     for value in values:
-        out = run_once([*extra, f"--{param}", value], exps_dir)  # the swept value wins
+        out = run_once([*extra, f"--{param}", *value.split()], exps_dir)  # the swept value wins
         metrics = score(out)
         config = json.loads((out / "config.json").read_text())
         frames = np.load(out / "frames.npy")  # (frames, N, 2)
@@ -174,11 +174,18 @@ def write_table(rows: list[dict], stem: Path) -> str:
 def check_sweep(param: str, values: list[str], extra: list[str]) -> None:
     """Refuse a sweep before its first run if any of its command lines would be refused."""
     parser = ddpm.build_parser()
+    parser.prog = "ablate.py"  # its errors are ours
     names = vars(parser.parse_args([])).keys() - {"experiment_name", "exps_dir", "overwrite"}
     if param not in names:
         raise options.UsageError(f"{param!r} is not an option of ddpm.py to sweep")
-    for value in values:
-        options.check_command_line(parser, [*extra, f"--{param}", value])
+    flag = next(action for action in parser._actions if action.dest == param)
+    if flag.nargs == 0:  # --no_stable_target, --no_clip_x0: on or off, no value
+        raise options.UsageError(
+            f"{param} is an on/off switch ({flag.option_strings[0]}), not a value to sweep: give "
+            f"{flag.option_strings[0]} to ablate.py to sweep another option with it"
+        )
+    for value in values:  # a value of two numbers, as "0.2 1" for --guidance_interval
+        options.check_command_line(parser, [*extra, f"--{param}", *value.split()])
 
 
 def main(argv=None) -> None:

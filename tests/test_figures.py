@@ -125,6 +125,29 @@ def test_an_ablation_sweep_draws_a_row_per_value_writes_its_table_and_reuses_its
     assert checkpoint.stat().st_mtime_ns == trained_at  # reused, not trained again
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["learning_rate", "abc"], "ablate.py: error: argument --learning_rate: expected a number"),
+        (["stable_target", "true", "false"], "on/off switch (--no_stable_target)"),
+        (["guidance_interval", "0.5 0.2"], "--guidance_interval LO HI needs 0 <= LO < HI <= 1"),
+    ],
+)
+def test_a_sweep_refused_before_its_first_run_says_so_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        ablate.main(argv)
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and error.count("\n") == 1 and message in error, error
+
+
+def test_a_two_number_option_is_swept_by_values_of_two_numbers(tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr(ablate, "run_once", lambda args, exps_dir: started.append(args) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # the first run starts, with both numbers
+        ablate.sweep("guidance_interval", ["0 0.5"], BASE, tmp_path, tmp_path / "grid.png")
+    assert started[0][-3:] == ["--guidance_interval", "0", "0.5"]
+
+
 def test_a_run_saved_before_an_option_existed_is_reused_when_that_option_is_at_its_default(
     tmp_path,
 ):
