@@ -19,6 +19,7 @@ The model's log-likelihood of held-out points is likelihood.py's: python likelih
 
 import argparse
 import json
+import math
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -78,7 +79,10 @@ def inside_balls(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> 
 
 def precision_recall(samples: np.ndarray, reference: np.ndarray, k: int = 3) -> tuple:
     """Improved precision and recall, Kynkäänniemi et al. 2019, sec. 2: each set's support is
-    the union of balls reaching each of its points' k-th nearest neighbour."""
+    the union of balls reaching each of its points' k-th nearest neighbour: NaN for sets of k
+    points or fewer, which have no k-th neighbour (every ball would be infinite)."""
+    if min(len(samples), len(reference)) <= k:
+        return math.nan, math.nan
     precision = inside_balls(samples, reference, knn_radii(reference, k)).mean()
     recall = inside_balls(reference, samples, knn_radii(samples, k)).mean()
     return float(precision), float(recall)

@@ -81,6 +81,13 @@ def test_a_missing_half_of_the_shape_loses_recall_not_precision(dino):
     assert precision > 0.85 and recall < 0.7
 
 
+def test_sets_too_small_for_a_kth_neighbour_have_no_precision_or_recall(dino):
+    # 3 samples have no 3rd neighbour among the others: their balls would hold everything
+    precision, recall = evaluate.precision_recall(dino.draw(3, 1)[0], dino.draw(1000, 2)[0])
+    assert np.isnan(precision) and np.isnan(recall)
+    assert not np.isnan(evaluate.precision_recall(dino.draw(4, 1)[0], dino.draw(4, 2)[0])[0])
+
+
 def test_references_have_the_samples_class_counts():
     moons = evaluate.datasets.load("moons")
     labels = np.repeat([0, 1], [300, 700])
