@@ -337,6 +337,8 @@ def main(argv=None) -> int:
         help=f"RK4 steps of the ODE (default: {STEPS})",
     )
     args = parser.parse_args(argv)
+    if args.path is not None and (args.exact or args.dataset is not None):
+        parser.error("a run's folder is scored on its own dataset: drop --exact and --dataset")
     if args.exact != (args.path is None) or args.exact != (args.dataset is not None):
         parser.error("give an experiment folder, or --exact --dataset NAME without one")
     # One thread, as a run trains: the ODE makes 512 calls of D and its two backward passes, each

@@ -98,6 +98,14 @@ def test_the_nll_of_a_trained_run_prints_the_line(tmp_path, capsys):
     assert header == "x,y,log_p" and row.startswith("0.5,0.25,")
 
 
+@pytest.mark.parametrize("extra", [["--exact"], ["--dataset", "moons"]])
+def test_a_runs_folder_with_exact_or_a_dataset_says_what_to_drop(extra, capsys):
+    with pytest.raises(SystemExit) as stop:
+        likelihood.main(["exps/base", *extra])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and "drop --exact and --dataset" in error
+
+
 def test_the_exact_nll_refuses_a_dataset_without_a_closed_form_density(capsys):
     with pytest.raises(SystemExit) as refused:
         likelihood.main(["--exact", "--dataset", "moons,line"])
