@@ -634,6 +634,8 @@ def check_memory(config: dict) -> None:
         "--num_epochs": 4 * config["num_epochs"] + 8 * frames * eval_points,
         # DDPM's schedule: 3 float64 and 6 float32 tensors of T values
         "--num_timesteps": 48 * config["num_timesteps"] if config["method"] == "ddpm" else 0,
+        # reflow's pairs: x_0 and eps, and the teacher's chain's x and D, (m, 2) float32 each
+        "--reflow_pairs": 32 * (config["reflow_pairs"] or 0),
     }
     available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if sum(needed.values()) > available:

@@ -14,10 +14,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import PROJECT_DIR
+from conftest import PROJECT_DIR, parsed_config
 
 import checkpoints
 import ddpm
+import options
 import run_folder
 
 TINY = [
@@ -218,6 +219,12 @@ def test_a_mistyped_dataset_is_reported_before_the_run_in_the_way(capsys, traine
     run = ["--exps_dir", str(trained), "--experiment_name", "tiny"]  # a run is there already
     code, err = cli(capsys, *TINY, "--dataset", "spiral", *run)
     assert_one_line_error(code, err, "unknown dataset 'spiral'")
+
+
+def test_too_many_reflow_pairs_name_the_option_to_lower():
+    config = parsed_config("--reflow", "exps/flow", "--reflow_pairs", str(2 * 10**9))
+    with pytest.raises(options.UsageError, match="GiB at once .* lower --reflow_pairs"):
+        options.check_memory(config)
 
 
 def test_sampling_a_checkpoint_without_training(capsys, trained):
