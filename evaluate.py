@@ -297,6 +297,8 @@ def load_run_frame(path: Path, frame: int, dataset: str | None, data_dir: str | 
     except (ValueError, OSError, EOFError) as err:
         raise options.UsageError(f"{frames_path} is not a .npy file ({err})") from None
     shape = frames.shape if isinstance(frames, np.ndarray) else ()
+    if len(shape) == 3 and shape[0] == 0:  # a run that diverged, or was stopped, in epoch 0
+        raise options.UsageError(f"{frames_path} holds no frames: its run stopped before its first")
     if len(shape) != 3 or shape[2] != 2 or 0 in shape:
         raise options.UsageError(f"{frames_path} is not frames of shape (frames, N, 2), N > 0")
     if not -len(frames) <= frame < len(frames):

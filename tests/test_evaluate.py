@@ -50,6 +50,14 @@ def test_the_command_line_scores_a_frame_of_a_frames_file(tmp_path, capsys):
     assert "ratio" in capsys.readouterr().out
 
 
+def test_a_run_stopped_before_its_first_frame_is_one_line(tmp_path, capsys):
+    np.save(tmp_path / "frames.npy", np.zeros((0, 1000, 2)))  # as a run that diverged at once
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main([str(tmp_path), "--dataset", "line"])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and "holds no frames: its run stopped before its first" in error
+
+
 @pytest.fixture(scope="module")
 def dino():
     return evaluate.datasets.load("dino")
