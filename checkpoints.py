@@ -257,11 +257,11 @@ def prepare(
     options.check_dataset(config, dataset, explicit)
     # a new run measures auto once: config.json and the checkpoint keep the number
     config = options.resolve_input_scale(config, dataset)
-    if not config["resume"] and out_dir.is_dir() and any(out_dir.iterdir()):
-        if not config["overwrite"]:  # checked last: a mistyped option is the first thing to fix
-            raise options.UsageError(
-                f"{out_dir} already holds a run: pass --overwrite to replace it, --resume to "
-                "continue it, or choose another --experiment_name"
-            )
+    taken = out_dir.is_dir() and any(out_dir.iterdir())
+    if taken and not (config["resume"] or config["overwrite"]):  # last: typos are fixed first
+        raise options.UsageError(
+            f"{out_dir} already holds a run: pass --overwrite to replace it, --resume to "
+            "continue it, or choose another --experiment_name"
+        )
     run_folder.check_writable(out_dir)
     return config, dataset, checkpoint

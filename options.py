@@ -573,7 +573,8 @@ def check_grid(config: dict, sampling: dict) -> None:
 def check_dataset(config: dict, dataset: datasets.Dataset, explicit: dict) -> None:
     """What depends on the dataset and the machine: the class asked for, guidance (classes to
     guide towards), a file's held-out rows (one of each class at least), the memory needed; and
-    the options typed (explicit) that would be ignored: DDIM's eta with another sampler."""
+    options typed (explicit) that the run would ignore: guidance's without classes, --held_out
+    without a file, --eta with a sampler other than DDIM's."""
     if config["class_label"] is not None and config["class_label"] not in dataset.classes:
         raise UsageError(
             f"--class_label {config['class_label']!r} is not a class of {dataset.name}: "
@@ -590,7 +591,7 @@ def check_dataset(config: dict, dataset: datasets.Dataset, explicit: dict) -> No
         raise UsageError(
             f"--held_out is for your own file: {dataset.name} is scored on fresh draws"
         )
-    if "eta" in explicit and config.get("sampler") != "ddim":
+    if "eta" in explicit and config["sampler"] != "ddim":
         raise UsageError("--eta is DDIM's: add --sampler ddim")
     held = dataset.unseen_counts
     if held is not None and not held.all():  # a class of one row: trained on, never held out
