@@ -179,7 +179,7 @@ def test_rerunning_an_experiment_is_refused_unless_overwrite(capsys, trained):
     assert_one_line_error(code, err, "already holds a run", "--overwrite")
 
 
-def test_a_failed_overwrite_leaves_the_run_it_would_replace(capsys, trained, tmp_path, monkeypatch):
+def test_a_failed_overwrite_leaves_the_run_it_would_replace(trained, tmp_path, monkeypatch):
     shutil.copytree(trained / "tiny", tmp_path / "old")
     before = {path.name: path.read_bytes() for path in (tmp_path / "old").glob("*.*")}
 
