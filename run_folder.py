@@ -96,7 +96,8 @@ def clear(out_dir: Path) -> None:
 def save_outputs(out_dir: Path, state: dict, frame_labels, plot_limits, with_checkpoint=True):
     """config.json, loss.npy and .png, frames.npy (frame_labels.npy), images/ and model.pth."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    clear(out_dir)
+    if not state["config"]["resume"]:  # a run it replaces; a resumed run's outputs are its own
+        clear(out_dir)
     losses, frames = state["losses"].cpu().numpy(), state["frames"].numpy()
     write_json(out_dir / "config.json", state["config"])
     write_atomically(out_dir / "loss.npy", lambda f: np.save(f, losses))

@@ -201,6 +201,19 @@ def test_an_overwrite_leaves_nothing_of_the_run_it_replaced(tmp_path):
     assert json.loads((tmp_path / "base" / "config.json").read_text())["dataset"] == "line"
 
 
+def test_a_resumed_run_that_diverges_keeps_the_weights_it_resumed_from(tmp_path, monkeypatch):
+    run = [*TINY, "--exps_dir", str(tmp_path)]
+    monkeypatch.setattr(run_folder.StopOnCtrlC, "requested", True)  # Ctrl-C in the first epoch
+    with pytest.raises(SystemExit):
+        ddpm.main(run)
+    monkeypatch.undo()
+    saved = (tmp_path / "base" / "model.pth").read_bytes()
+    monkeypatch.setattr(ddpm, "train", lambda run, *args: "diverged")  # at its first new step
+    with pytest.raises(SystemExit):
+        ddpm.main([*run, "--resume"])
+    assert (tmp_path / "base" / "model.pth").read_bytes() == saved
+
+
 def test_ctrl_c_after_training_scores_and_saves_the_run_first(capsys, tmp_path, monkeypatch):
     score = ddpm.evaluate.evaluate
 
