@@ -105,6 +105,7 @@ def save_outputs(out_dir: Path, state: dict, frame_labels, plot_limits, with_che
     write_atomically(out_dir / "frames.npy", lambda f: np.save(f, frames))
     if frame_labels is not None:
         write_atomically(out_dir / "frame_labels.npy", lambda f: np.save(f, frame_labels))
+    shutil.rmtree(out_dir / "images", ignore_errors=True)  # a resumed run's frames, drawn again
     if len(frames):
         plots.save_frames(
             frames, state["frame_epochs"], out_dir / "images", frame_labels, plot_limits
