@@ -6,7 +6,6 @@ torch.load(weights_only=True); its config fields that say what model it is (MODE
 over the command line's defaults, and a typed value that differs is refused.
 """
 
-import os
 from pathlib import Path
 
 import torch
@@ -225,24 +224,13 @@ def starting_point(config: dict, explicit: dict, device, program: str) -> tuple[
     return merge_config(config, explicit, checkpoint["config"], MODEL_FIELDS), checkpoint
 
 
-def absolute_paths(given: dict) -> dict:
-    """given with a file's --dataset and --data_dir made absolute: a run's config.json keeps
-    them so, and evaluate.py, likelihood.py and --resume find them from any working folder."""
-    paths = {}
-    if datasets.names_a_file(str(given.get("dataset", ""))):
-        paths["dataset"] = os.path.abspath(os.path.expanduser(given["dataset"]))
-    if given.get("data_dir"):
-        paths["data_dir"] = os.path.abspath(os.path.expanduser(given["data_dir"]))
-    return given | paths
-
-
 def prepare(
     parser, argv, sampling_options, program="ddpm.py"
 ) -> tuple[dict, datasets.Dataset, dict | None]:
     """The checked config of a command line of program, its dataset and the checkpoint to start
     from (sampling_options: ddpm's, a config's sampler settings). The run it replaces stays
     until the new one writes its outputs (run_folder.clear)."""
-    config, explicit = (absolute_paths(given) for given in options.check_command_line(parser, argv))
+    config, explicit = options.check_command_line(parser, argv)
     device = options.resolve_device(config["device"])
     out_dir = Path(config["exps_dir"]) / config["experiment_name"]
     config, checkpoint = starting_point(config, explicit, device, program)

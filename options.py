@@ -530,6 +530,14 @@ def check_command_line(parser: argparse.ArgumentParser, argv) -> tuple[dict, dic
         if config[start]:
             path = Path(config[start])
             config[start] = explicit[start] = str(path / "model.pth" if path.is_dir() else path)
+    # a file's path and --data_dir absolute: config.json keeps them so, and evaluate.py,
+    # likelihood.py, --resume and ablate.py's reuse of a run find them from any working folder
+    paths = ["dataset"] if datasets.names_a_file(config["dataset"]) else []
+    paths += ["data_dir"] if config["data_dir"] else []
+    for name in paths:
+        config[name] = os.path.abspath(os.path.expanduser(config[name]))
+        if name in explicit:
+            explicit[name] = config[name]
     if config["consistency"]:  # its own defaults where none was typed
         config |= {key: value for key, value in CONSISTENCY_DEFAULTS.items() if key not in explicit}
     config["consistency_sigmas"] = None  # a consistency run's levels, stored when it ends

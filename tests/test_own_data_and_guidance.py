@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+import ablate
 import datasets
 import ddpm
 import evaluate
@@ -349,3 +350,9 @@ def test_a_file_is_kept_by_its_absolute_path_so_the_run_works_from_any_folder(
     again = ["--checkpoint", "base/model.pth", "--dataset", "../points.csv", "--num_epochs", "0"]
     assert ddpm.main([*again, "--exps_dir", ".", "--experiment_name", "again"]) == 0
     assert evaluate.main(["base"]) == 0
+    # ablate.py reuses a run of a file named by a relative path: it sees the same config
+    monkeypatch.chdir(tmp_path)
+    run = ablate.run_once(["--dataset", "points.csv", *tiny[:4]], tmp_path / "exps")
+    trained_at = (run / "model.pth").stat().st_mtime_ns
+    assert ablate.run_once(["--dataset", "points.csv", *tiny[:4]], tmp_path / "exps") == run
+    assert (run / "model.pth").stat().st_mtime_ns == trained_at
