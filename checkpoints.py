@@ -116,7 +116,6 @@ def with_teacher(config: dict, explicit: dict, device: torch.device) -> dict:
     """The config of a reflow run (--reflow): a flow on the teacher's dataset, the teacher's
     model.pth checked to load."""
     teacher = load(Path(config["reflow"]), device)
-    check_program(teacher)
     if explicit.get("method", "flow") != "flow" or config["denoiser"] == "exact":
         raise options.UsageError(
             "--reflow trains a flow on the teacher's pairs: drop --method and --denoiser"
@@ -158,7 +157,9 @@ def restore(run, checkpoint: dict, resume: bool) -> None:
     )
 
 
-def load(path: Path, device: torch.device) -> dict:
+def load(path: Path, device: torch.device, program: str = "ddpm.py") -> dict:
+    """The checkpoint at path, on device, of a run of program: one of the other program's is
+    refused (discrete.py's runs are of the method "discrete", ddpm.py's of ddpm, flow or edm)."""
     if not path.is_file():
         raise options.UsageError(f"checkpoint {path} not found")
     try:
@@ -175,15 +176,10 @@ def load(path: Path, device: torch.device) -> dict:
             "give the model.pth of a run"
         )
     checkpoint["config"] = LEGACY_CONFIG | checkpoint["config"]
-    return checkpoint
-
-
-def check_program(checkpoint: dict, program: str = "ddpm.py") -> None:
-    """Refuse the checkpoint of a run of the other program: discrete.py's runs are of the method
-    "discrete", ddpm.py's of ddpm, flow or edm."""
     other = "ddpm.py" if program == "discrete.py" else "discrete.py"
     if (checkpoint["config"]["method"] == "discrete") != (program == "discrete.py"):
         raise options.UsageError(f"that checkpoint is a {other} run's: use it with {other}")
+    return checkpoint
 
 
 def merge_config(config: dict, explicit: dict, saved: dict, fields) -> dict:
@@ -208,8 +204,7 @@ def starting_point(config: dict, explicit: dict, device, program: str) -> tuple[
             raise options.UsageError(
                 "--resume continues <experiment_name>; do not give --checkpoint with it"
             )
-        checkpoint = load(out_dir / "model.pth", device)
-        check_program(checkpoint, program)
+        checkpoint = load(out_dir / "model.pth", device, program)
         fields = [field for field in checkpoint["config"] if field not in RUN_FIELDS]
         config = merge_config(config, explicit, checkpoint["config"], fields)
         if checkpoint["epoch"] >= config["num_epochs"]:
@@ -219,8 +214,7 @@ def starting_point(config: dict, explicit: dict, device, program: str) -> tuple[
         return config, checkpoint
     if not config["checkpoint"]:
         return config, None
-    checkpoint = load(Path(config["checkpoint"]), device)
-    check_program(checkpoint, program)
+    checkpoint = load(Path(config["checkpoint"]), device, program)
     return merge_config(config, explicit, checkpoint["config"], MODEL_FIELDS), checkpoint
 
 

@@ -310,7 +310,7 @@ def make_run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = 
 
 def load_run(path: Path) -> ddpm.Run:
     """The discrete run saved in model.pth at path, on the CPU."""
-    checkpoint = checkpoints.load(path, torch.device("cpu"))
+    checkpoint = checkpoints.load(path, torch.device("cpu"), "discrete.py")
     config = checkpoint["config"] | {"resume": False, "device": "cpu"}
     dataset = datasets.load(config["dataset"], config["data_dir"], config["held_out"])
     return make_run(config, dataset, checkpoint)

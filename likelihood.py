@@ -111,7 +111,6 @@ def nll(model, method, x, prior, shift, scale, sigma_max, steps=STEPS) -> torch.
 def load_run(path: Path, data_dir: str | None = None) -> tuple:
     """(ddpm.Run, its datasets.Dataset): the run saved in model.pth at path, on the CPU."""
     checkpoint = checkpoints.load(path, torch.device("cpu"))
-    checkpoints.check_program(checkpoint)  # discrete.py's runs have their NLL in metrics.json
     config = checkpoint["config"] | {"resume": False, "device": "cpu"}
     dataset = datasets.load(config["dataset"], data_dir or config["data_dir"], config["held_out"])
     return ddpm.make_run(config, dataset, checkpoint), dataset
