@@ -546,7 +546,8 @@ def check_command_line(parser: argparse.ArgumentParser, argv) -> tuple[dict, dic
 
 def check_method_options(parser: argparse.ArgumentParser, config: dict, explicit: dict) -> None:
     """An option of another method's group ("method ddpm", "method flow", "method edm") would be
-    ignored: refuse it, once a checkpoint's or teacher's config has said the run's method."""
+    ignored: refuse it, once a checkpoint's or teacher's config has said the run's method; and so
+    would DDIM's --eta with another sampler."""
     for group in parser._action_groups:
         method = group.title.removeprefix("method ")
         if method == group.title or method == config["method"]:
@@ -557,6 +558,8 @@ def check_method_options(parser: argparse.ArgumentParser, config: dict, explicit
                     f"{action.option_strings[0]} is an option of --method {method}, and this "
                     f"run's method is {config['method']}: drop it"
                 )
+    if "eta" in explicit and config["sampler"] != "ddim":
+        raise UsageError("--eta is DDIM's: add --sampler ddim")
 
 
 def check_grid(config: dict, sampling: dict) -> None:
@@ -582,7 +585,7 @@ def check_dataset(config: dict, dataset: datasets.Dataset, explicit: dict) -> No
     """What depends on the dataset and the machine: the class asked for, guidance (classes to
     guide towards), a file's held-out rows (one of each class at least), the memory needed; and
     options typed (explicit) that the run would ignore: guidance's without classes, --held_out
-    without a file, --eta with a sampler other than DDIM's."""
+    without a file."""
     if config["class_label"] is not None and config["class_label"] not in dataset.classes:
         raise UsageError(
             f"--class_label {config['class_label']!r} is not a class of {dataset.name}: "
@@ -599,8 +602,6 @@ def check_dataset(config: dict, dataset: datasets.Dataset, explicit: dict) -> No
         raise UsageError(
             f"--held_out is for your own file: {dataset.name} is scored on fresh draws"
         )
-    if "eta" in explicit and config["sampler"] != "ddim":
-        raise UsageError("--eta is DDIM's: add --sampler ddim")
     held = dataset.unseen_counts
     if held is not None and not held.all():  # a class of one row: trained on, never held out
         name = dataset.classes[int((held == 0).argmax())] if dataset.classes else "its rows"
