@@ -93,6 +93,7 @@ def state_of(run) -> dict:
         }
         | ({"pairs": _on_cpu(run.pairs)} if run.pairs else {})
         | _teacher(run)
+        | ({"trajectories": _on_cpu(run.trajectories)} if run.trajectories else {})
     )
 
 
@@ -151,6 +152,10 @@ def restore(run, checkpoint: dict, resume: bool) -> None:
     torch.set_rng_state(checkpoint["rng"].cpu())
     run.epoch = checkpoint["epoch"]
     run.losses[: len(checkpoint["losses"])] = checkpoint["losses"]
+    if paths := checkpoint.get("trajectories"):  # a consistency run's teacher chains, drawn once
+        run.trajectories = {
+            key: None if v is None else v.to(run.data.device) for key, v in paths.items()
+        }
     run.frames, run.frame_epochs = (
         list(checkpoint["frames"].cpu()),
         list(checkpoint["frame_epochs"]),

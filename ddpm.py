@@ -11,6 +11,7 @@ is the paper's t = 1..T.
 """
 
 import copy
+import itertools
 import math
 import sys
 import time
@@ -660,6 +661,7 @@ class Run:
         self.frames_started = []  # being sampled (sample_frame)
         self.denoiser = self.ema.module if denoiser is None else denoiser
         self.pairs, self.noise = pairs, pairs["eps"] if pairs else None  # reflow's, and their eps
+        self.trajectories = None  # a consistency run's teacher chains (section 11), drawn once
 
     def start_moments(self, c: torch.Tensor | None) -> tuple:
         """init_noise "data"'s (mean, var) of each point's class c (n,), (n, 2) each."""
@@ -839,35 +841,66 @@ def path_straightness(run: Run) -> float:
 
 # ----------------------------------------------------------------------------- 11. Consistency
 # A consistency model (Song et al. 2023) jumps from any x on an ODE path to the path's end x_0:
-# D(x_0 + t eps; t) = D(x_0 + r eps; r), r < t, D(x; 0) = x; --consistency RUN tunes RUN's D so.
-STAGES = 4  # the gap t - r halves at each (Geng et al. 2024, sec. 3.2, q = 2)
-# the search's (first, last) levels; from a first below 1 the Gaussian start misplaces the mass
-LEVELS = [(first, last) for first in (10, 5, 2, 1) for last in (0.02, 0.05, 0.1, 0.2, 0.5)]
+# D(x; t) = x_0 for every (x, t) on it. --consistency RUN tunes RUN's D so, at fixed levels,
+# towards the ends of RUN's own ODE paths (distillation; Luhman & Luhman 2021).
+TRAJECTORY_LEVELS = (10.0, 2.0, 1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02)  # those below sigma_max
+TRAJECTORY_CHAINS, TRAJECTORY_SUBSTEPS = 10_000, 2  # heun steps between two levels: ~1 s
 
 
-def consistency_loss(run: Run, model, method, x_0, c=None, cond_drop_prob=0.0, eps=None):
-    """ECT's loss (Song et al. 2023, Alg. 3, with t and r continuous): ln t ~ N(P_mean, P_std^2),
-    r = t (1 - n(t) / 2^(stage + 1)), n(t) = 1 + 8 sigmoid(-t) (Geng et al. 2024, sec. 3.2); the
-    pseudo-Huber distance d = sqrt(|D_t - sg D_r|^2 + c^2) - c, c = 0.00054 sqrt(2) (Song &
-    Dhariwal 2023, sec. 3.3), weighted 1 / (t - r) (their sec. 3.1); one eps for both points."""
-    stage = min(STAGES * run.epoch // run.config["num_epochs"], STAGES - 1)
-    t = (method.P_mean + method.P_std * torch.randn(len(x_0), device=x_0.device)).exp()  # (B,)
-    r = (t * (1 - (1 + 8 * torch.sigmoid(-t)) / 2 ** (stage + 1))).clamp(min=0)
-    eps = torch.randn_like(x_0)
-    if c is not None:  # classifier-free guidance's dropped classes, as in loss_fn
-        c = torch.where(torch.rand(len(c), device=c.device) < cond_drop_prob, model.num_classes, c)
-    D_t = method.D_theta(model, x_0 + t[:, None] * eps, t, c)
-    with torch.no_grad():  # sg: the same network's target, without its gradient
-        # D(x; 0) = x: at r = 0, taken as 1e-12, c_skip = 1 and c_out ~ 1e-12 in float32
-        D_r = method.D_theta(model, x_0 + r[:, None] * eps, r.clamp(min=1e-12), c)
+def learned_levels(sigma_max: float) -> list[float]:
+    """The levels a consistency model learns: sigma_max, then TRAJECTORY_LEVELS below it."""
+    return [sigma_max, *(sigma for sigma in TRAJECTORY_LEVELS if sigma < sigma_max)]
+
+
+def teacher_trajectories(run: Run) -> dict:
+    """Chains of the teacher's ODE (its EMA network, before the first step): heun steps
+    geometric in sigma from the data start at sigma_max through the levels, and on to 0:
+    {"sigma" (L,), "x" (L, M, 2): each chain at each level, "end" (M, 2), "c" (M,) or None}. A
+    Gaussian start below sigma_max misplaces the mass (the dino's exact ODE map from 1: W2 ratio
+    1.47-1.56, from 10: 0.92-1.18), so every chain, and every chain a run samples, starts there."""
+    M, method = TRAJECTORY_CHAINS, copy.copy(run.method)
+    levels = learned_levels(method.sigma_max)
+    ends = torch.tensor([*levels, method.sigma_min]).log()
+    fine = [torch.linspace(a, b, TRAJECTORY_SUBSTEPS + 1)[:-1] for a, b in zip(ends, ends[1:])]
+    grid = [*torch.cat(fine).exp().tolist(), method.sigma_min]  # then 0
+    method.levels = {str(len(grid)): grid}
+    c = class_shares(run.labels, len(run.classes), M)
+    generator = torch.Generator(run.data.device).manual_seed(run.config["seed"] + 2)
+    start = {"init_noise": "data", "start_moments": run.start_moments(c)}
+    clip_range = run.clip_range if run.config["clip_x0"] else None
+    options = {"num_inference_steps": len(grid), "sampler": "heun", "grid": "stored"}
+    chain = reverse_process(
+        run.ema.module, method, M, generator, **start, **options, c=c, clip_range=clip_range
+    )
+    path = [x.clone() for _, x in chain]  # at each level of method.levels, then at 0
+    xs = torch.stack(path[: len(levels) * TRAJECTORY_SUBSTEPS : TRAJECTORY_SUBSTEPS])
+    return {"sigma": torch.tensor(levels, device=run.data.device), "x": xs, "end": path[-1], "c": c}
+
+
+def trajectory_loss(run: Run, model, method, x_0, c=None, cond_drop_prob=0.0, eps=None):
+    """Consistency distillation with the teacher's whole path as the target (Song et al. 2023,
+    Alg. 2, with the chain's end in place of one teacher step and the model's own D at the next
+    level): for (level, chain) pairs drawn evenly, the pseudo-Huber distance d = sqrt(|D(x; t) -
+    end|^2 + c^2) - c, c = 0.00054 sqrt(2) (Song & Dhariwal 2023, sec. 3.3), weighted 1 / sqrt(t).
+    x_0: the data batch, only for its size; the chains are drawn the first time."""
+    if run.trajectories is None:
+        run.trajectories = teacher_trajectories(run)
+    paths, B, device = run.trajectories, len(x_0), x_0.device
+    level = torch.randint(len(paths["sigma"]), (B,), device=device)
+    chain = torch.randint(paths["end"].shape[0], (B,), device=device)
+    t, x_t, end = paths["sigma"][level], paths["x"][level, chain], paths["end"][chain]
+    if paths["c"] is not None:  # classifier-free guidance's dropped classes, as in loss_fn
+        c = paths["c"][chain]
+        c = torch.where(torch.rand(B, device=device) < cond_drop_prob, model.num_classes, c)
     huber_c = 0.00054 * math.sqrt(2)
-    return (((((D_t - D_r) ** 2).sum(-1) + huber_c**2).sqrt() - huber_c) / (t - r)).mean()
+    distance = (((method.D_theta(model, x_t, t, c) - end) ** 2).sum(-1) + huber_c**2).sqrt()
+    return ((distance - huber_c) / t.sqrt()).mean()
 
 
 def consistency_frame(run: Run) -> None:
     """A frame (sample_frame); after the last epoch, first the levels it keeps for N = 1, 2, 4, 8
-    steps: rho = 7 ones (Karras et al. 2022, eq. 5) between the candidates (LEVELS) whose samples
-    score best against training points (evaluate.best_of), from other noise than frames'."""
+    steps: sigma_max and the N - 1 of the lower levels it learned whose samples score best
+    against training points (evaluate.best_of), from other noise than frames'."""
     if run.epoch < run.config["num_epochs"] - 1:
         return sample_frame(run)
     seed, sigma_max = run.config["seed"] + 1, run.method.sigma_max
@@ -878,10 +911,10 @@ def consistency_frame(run: Run) -> None:
         run.method.levels = {str(len(levels)): list(levels)}
         return frame_points(run, seed, num_inference_steps=len(levels)).cpu().numpy()
 
-    sigmas, m = {}, min(500, run.config["eval_batch_size"])  # W2's points (O(m^3))
-    for N in (1, 2, 4, 8):
-        grids = [karras_grid(N, last, min(first, sigma_max)).tolist() for first, last in LEVELS]
-        grids = list(dict.fromkeys(map(tuple, grids)))  # each once
+    sigmas, m = {}, min(300, run.config["eval_batch_size"])  # W2: O(m^3), 500 took 6 s on moons
+    lower = learned_levels(sigma_max)[1:]
+    for N in (n for n in (1, 2, 4, 8) if n <= len(lower) + 1):
+        grids = [(sigma_max, *rest) for rest in itertools.combinations(lower, N - 1)]
         levels = evaluate.best_of(grids, points_at, reference, m)
         sigmas[str(N)] = [round(sigma, 6) for sigma in levels]
     run.config["consistency_sigmas"] = run.method.levels = sigmas
@@ -911,7 +944,7 @@ def experiment(config: dict, dataset: datasets.Dataset, checkpoint: dict | None 
     labels = None if run.frame_classes is None else run.frame_classes.cpu().numpy()  # (n,)
     limits = plots.padded_limits(dataset.train_set()[0]) if dataset.is_file else None  # a file's
     floor = SECOND_THREAD.submit(evaluate.w2_floor, dataset, seed, n, labels)  # needs no model
-    tic, consistency = time.perf_counter(), [partial(consistency_loss, run), consistency_frame]
+    tic, consistency = time.perf_counter(), [partial(trajectory_loss, run), consistency_frame]
     status = train(run, *(consistency if config["consistency"] else []))
     seconds = {"setup": tic - started, "train": time.perf_counter() - tic - run.frame_seconds}
     if status == "interrupted":  # save what was done, and say where

@@ -131,7 +131,7 @@ LOSS_TARGETS = {  # its target, for the title of loss.png
     "flow": "MSE of the velocity eps - x_0",
     "edm": "MSE of F against (x_0 - c_skip x) / c_out",
     "edm, stable target": "MSE of F against (E[x_0 | x] - c_skip x) / c_out",
-    "edm, consistency": "pseudo-Huber |D(x_t) - D(x_r)| / (t - r)",
+    "edm, consistency": "pseudo-Huber |D(x_t) - the teacher's ODE end| / sqrt(t)",
     "discrete": "(1/t) cross-entropy of the masked tokens",
 }
 

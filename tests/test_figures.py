@@ -62,7 +62,7 @@ def test_loss_png_names_the_target_of_each_method(tmp_path, monkeypatch):
         ("flow", [], "eps - x_0"),
         ("edm", [], "(E[x_0 | x] - c_skip x) / c_out"),  # the default: the stable target
         ("edm", ["--no_stable_target"], "(x_0 - c_skip x) / c_out"),
-        ("edm", ["--consistency", "RUN"], "|D(x_t) - D(x_r)| / (t - r)"),
+        ("edm", ["--consistency", "RUN"], "|D(x_t) - the teacher's ODE end| / sqrt(t)"),
     ]
     for method, args, target in named:
         config = vars(ddpm.build_parser().parse_args(["--method", method, *args]))
