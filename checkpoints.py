@@ -152,6 +152,11 @@ def restore(run, checkpoint: dict, resume: bool) -> None:
     torch.set_rng_state(checkpoint["rng"].cpu())
     run.epoch = checkpoint["epoch"]
     run.losses[: len(checkpoint["losses"])] = checkpoint["losses"]
+    if run.config["consistency"] and len(checkpoint["losses"]) and "trajectories" not in checkpoint:
+        raise options.UsageError(  # an ECT fine-tuning, which drew no chains: not to be mixed
+            "that consistency run was trained by ECT, before --consistency distilled its "
+            "teacher's chains: start it again from its teacher"
+        )
     if paths := checkpoint.get("trajectories"):  # a consistency run's teacher chains, drawn once
         run.trajectories = {
             key: None if v is None else v.to(run.data.device) for key, v in paths.items()

@@ -11,6 +11,7 @@ from conftest import parsed_config, whole_and_resumed
 from torch import nn
 
 import ddpm
+import run_folder
 
 TINY = ["--hidden_size", "16", "--hidden_layers", "1", "--eval_batch_size", "100"]
 TINY += ["--num_epochs", "2", "--save_images_step", "1"]
@@ -144,6 +145,26 @@ def test_a_consistency_run_stores_its_levels_resumes_and_samples_again(tmp_path,
     assert ddpm.main(run_args(tmp_path, *again, "--num_inference_steps", "4", "--overwrite")) == 0
     metrics = json.loads((tmp_path / "base" / "metrics.json").read_text())
     assert metrics["nfe"] == 4 and math.isfinite(metrics["w2_ratio"])
+
+
+def test_resuming_a_consistency_run_of_ect_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    # a run of the earlier fine-tuning (ECT) drew no teacher chains: resumed, it would draw them
+    # from its half-tuned model and go on with another loss
+    assert ddpm.main(run_args(tmp_path, "--experiment_name", "t")) == 0
+    ct = run_args(tmp_path, "--consistency", str(tmp_path / "t"), "--experiment_name", "ct")
+    monkeypatch.setattr(run_folder.StopOnCtrlC, "requested", True)  # Ctrl-C in the first epoch
+    with pytest.raises(SystemExit):
+        ddpm.main(ct)
+    monkeypatch.undo()
+    checkpoint = torch.load(tmp_path / "ct" / "model.pth")
+    assert len(checkpoint["losses"]) and checkpoint.pop("trajectories")  # as ECT's had none
+    torch.save(checkpoint, tmp_path / "ct" / "model.pth")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        ddpm.main([*ct, "--resume"])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "trained by ECT" in err
 
 
 @pytest.fixture(scope="module")
