@@ -911,7 +911,7 @@ def consistency_frame(run: Run) -> None:
         run.method.levels = {str(len(levels)): list(levels)}
         return frame_points(run, seed, num_inference_steps=len(levels)).cpu().numpy()
 
-    sigmas, m = {}, min(300, run.config["eval_batch_size"])  # W2: O(m^3), 500 took 6 s on moons
+    sigmas, m = {}, min(200, run.config["eval_batch_size"])  # W2: O(m^3); 500 took 6 s on moons
     lower = learned_levels(sigma_max)[1:]
     for N in (n for n in (1, 2, 4, 8) if n <= len(lower) + 1):
         grids = [(sigma_max, *rest) for rest in itertools.combinations(lower, N - 1)]
