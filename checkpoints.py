@@ -133,6 +133,8 @@ def consistency_start(config: dict, explicit: dict, device: torch.device) -> tup
     if method != "edm" or explicit.get("method", "edm") != "edm" or config["denoiser"] == "exact":
         why = f"RUN is a {method} run" if method != "edm" else "drop --method and --denoiser"
         raise options.UsageError(f"--consistency fine-tunes an edm run's denoiser: {why}")
+    if teacher["config"]["consistency"]:  # its D jumps to the data: it has no ODE to distil
+        raise options.UsageError("--consistency RUN: RUN is a consistency model; give its teacher")
     fields = [field for field in MODEL_FIELDS if field != "consistency"]
     return merge_config(config, explicit, teacher["config"], fields), teacher | {
         "teacher": teacher["config"]
@@ -146,21 +148,26 @@ def restore(run, checkpoint: dict, resume: bool) -> None:
     run.ema.load_state_dict(checkpoint["ema"])
     run.clip_range = checkpoint["clip_range"].to(run.data.device)
     run.teacher = checkpoint.get("teacher")  # a consistency run's (consistency_start)
+    trains = (
+        resume or run.config["num_epochs"] > 0
+    )  # a consistency run's own checkpoint, trained on
+    if checkpoint["config"]["consistency"] and len(checkpoint["losses"]) and trains:
+        if "trajectories" not in checkpoint:  # ECT's, which drew none: not to be mixed
+            raise options.UsageError(
+                "that consistency run was trained by ECT, before --consistency distilled its "
+                "teacher's chains: start it again from its teacher"
+            )
+        # its teacher's chains, drawn once: a run goes on from them, not from its own model
+        run.trajectories = {
+            k: v if v is None else v.to(run.data.device)
+            for k, v in checkpoint["trajectories"].items()
+        }
     if not resume:
         return
     run.optimizer.load_state_dict(checkpoint["optimizer"])  # its step count sets the learning rate
     torch.set_rng_state(checkpoint["rng"].cpu())
     run.epoch = checkpoint["epoch"]
     run.losses[: len(checkpoint["losses"])] = checkpoint["losses"]
-    if run.config["consistency"] and len(checkpoint["losses"]) and "trajectories" not in checkpoint:
-        raise options.UsageError(  # an ECT fine-tuning, which drew no chains: not to be mixed
-            "that consistency run was trained by ECT, before --consistency distilled its "
-            "teacher's chains: start it again from its teacher"
-        )
-    if paths := checkpoint.get("trajectories"):  # a consistency run's teacher chains, drawn once
-        run.trajectories = {
-            key: None if v is None else v.to(run.data.device) for key, v in paths.items()
-        }
     run.frames, run.frame_epochs = (
         list(checkpoint["frames"].cpu()),
         list(checkpoint["frame_epochs"]),

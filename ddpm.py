@@ -4,7 +4,7 @@ Read it top to bottom: the noise schedule (1); DDPM's training and sampling as H
 them (2); the view that makes DDPM, flow matching and EDM one family, x = x_0 + sigma eps and a
 denoiser D(x; sigma) (3, Karras et al. 2022); the network (4); the methods as denoisers (5); their
 loss (6); the samplers, which need only D (7); a run in training (8); the training loop (9);
-reflow (10); consistency training (11); the command line (12). Timesteps are 0-based: t = 0..T-1
+reflow (10); consistency distillation (11); the command line (12). Timesteps are 0-based: t = 0..T-1
 is the paper's t = 1..T.
 
     python ddpm.py --dataset dino
@@ -341,6 +341,9 @@ class Consistency(EDM):
     """EDM's D fine-tuned into a consistency model (section 11), levels {str(N): N levels}."""
 
     grid, sampler, steps, s_churn, levels = "stored", "consistency", 2, 0.0, {}
+
+    def summary(self) -> str:  # it trains on its teacher's chains, not at levels it draws
+        return f"edm, sigma_data = {self.sigma_data:.3g}, distilled into a consistency model"
 
 
 METHODS = {"ddpm": DDPM, "flow": Flow, "edm": EDM}
@@ -843,13 +846,14 @@ def path_straightness(run: Run) -> float:
 # A consistency model (Song et al. 2023) jumps from any x on an ODE path to the path's end x_0:
 # D(x; t) = x_0 for every (x, t) on it. --consistency RUN tunes RUN's D so, at fixed levels,
 # towards the ends of RUN's own ODE paths (distillation; Luhman & Luhman 2021).
-TRAJECTORY_LEVELS = (10.0, 2.0, 1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02)  # those below sigma_max
+TRAJECTORY_LEVELS = (10.0, 2.0, 1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02)  # those in the run's range
 TRAJECTORY_CHAINS, TRAJECTORY_SUBSTEPS = 10_000, 2  # heun steps between two levels: ~1 s
 
 
-def learned_levels(sigma_max: float) -> list[float]:
-    """The levels a consistency model learns: sigma_max, then TRAJECTORY_LEVELS below it."""
-    return [sigma_max, *(sigma for sigma in TRAJECTORY_LEVELS if sigma < sigma_max)]
+def learned_levels(method) -> list[float]:
+    """The levels a consistency model learns: sigma_max, then TRAJECTORY_LEVELS in its range."""
+    lower = (s for s in TRAJECTORY_LEVELS if method.sigma_min < s < method.sigma_max)
+    return [method.sigma_max, *lower]
 
 
 def teacher_trajectories(run: Run) -> dict:
@@ -859,14 +863,20 @@ def teacher_trajectories(run: Run) -> dict:
     Gaussian start below sigma_max misplaces the mass (the dino's exact ODE map from 1: W2 ratio
     1.47-1.56, from 10: 0.92-1.18), so every chain, and every chain a run samples, starts there."""
     M, method = TRAJECTORY_CHAINS, copy.copy(run.method)
-    levels = learned_levels(method.sigma_max)
+    levels = learned_levels(method)
     ends = torch.tensor([*levels, method.sigma_min]).log()
     fine = [torch.linspace(a, b, TRAJECTORY_SUBSTEPS + 1)[:-1] for a, b in zip(ends, ends[1:])]
     grid = [*torch.cat(fine).exp().tolist(), method.sigma_min]  # then 0
     method.levels = {str(len(grid)): grid}
     c = class_shares(run.labels, len(run.classes), M)
     generator = torch.Generator(run.data.device).manual_seed(run.config["seed"] + 2)
-    start = {"init_noise": "data", "start_moments": run.start_moments(c)}
+    mean, var = run.start_moments(c)  # (M, 2) each with classes
+    if c is not None:  # cond_drop_prob of them the unconditional ODE's: the null class's
+        dropped = torch.rand(M, generator=generator, device=c.device) < run.config["cond_drop_prob"]
+        c = torch.where(dropped, len(run.classes), c)
+        mean = torch.where(dropped[:, None], run.data.mean(0), mean)  # from the whole data's
+        var = torch.where(dropped[:, None], run.data.var(0, correction=0), var)
+    start = {"init_noise": run.config["init_noise"], "start_moments": (mean, var)}
     clip_range = run.clip_range if run.config["clip_x0"] else None
     options = {"num_inference_steps": len(grid), "sampler": "heun", "grid": "stored"}
     chain = reverse_process(
@@ -878,20 +888,19 @@ def teacher_trajectories(run: Run) -> dict:
 
 
 def trajectory_loss(run: Run, model, method, x_0, c=None, cond_drop_prob=0.0, eps=None):
-    """Consistency distillation with the teacher's whole path as the target (Song et al. 2023,
-    Alg. 2, with the chain's end in place of one teacher step and the model's own D at the next
-    level): for (level, chain) pairs drawn evenly, the pseudo-Huber distance d = sqrt(|D(x; t) -
-    end|^2 + c^2) - c, c = 0.00054 sqrt(2) (Song & Dhariwal 2023, sec. 3.3), weighted 1 / sqrt(t).
-    x_0: the data batch, only for its size; the chains are drawn the first time."""
+    """Consistency distillation (Song et al. 2023, Alg. 2) with the teacher's whole path as the
+    target: the chain's end replaces both their one teacher step and the model's own D at the
+    next level. For (level, chain) pairs drawn evenly, the pseudo-Huber distance d = sqrt(|D(x; t)
+    - end|^2 + c^2) - c, c = 0.00054 sqrt(2) (Song & Dhariwal 2023, sec. 3.3), weighted 1 /
+    sqrt(t). x_0: the data batch, only for its size (an epoch is as many steps as the teacher's);
+    the chains are drawn the first time."""
     if run.trajectories is None:
         run.trajectories = teacher_trajectories(run)
     paths, B, device = run.trajectories, len(x_0), x_0.device
     level = torch.randint(len(paths["sigma"]), (B,), device=device)
     chain = torch.randint(paths["end"].shape[0], (B,), device=device)
     t, x_t, end = paths["sigma"][level], paths["x"][level, chain], paths["end"][chain]
-    if paths["c"] is not None:  # classifier-free guidance's dropped classes, as in loss_fn
-        c = paths["c"][chain]
-        c = torch.where(torch.rand(B, device=device) < cond_drop_prob, model.num_classes, c)
+    c = None if paths["c"] is None else paths["c"][chain]  # some the null class's own chains
     huber_c = 0.00054 * math.sqrt(2)
     distance = (((method.D_theta(model, x_t, t, c) - end) ** 2).sum(-1) + huber_c**2).sqrt()
     return ((distance - huber_c) / t.sqrt()).mean()
@@ -912,8 +921,8 @@ def consistency_frame(run: Run) -> None:
         return frame_points(run, seed, num_inference_steps=len(levels)).cpu().numpy()
 
     sigmas, m = {}, min(200, run.config["eval_batch_size"])  # W2: O(m^3); 500 took 6 s on moons
-    lower = learned_levels(sigma_max)[1:]
-    for N in (n for n in (1, 2, 4, 8) if n <= len(lower) + 1):
+    lower = learned_levels(run.method)[1:]
+    for N in (n for n in options.CONSISTENCY_STEPS if n <= len(lower) + 1):
         grids = [(sigma_max, *rest) for rest in itertools.combinations(lower, N - 1)]
         levels = evaluate.best_of(grids, points_at, reference, m)
         sigmas[str(N)] = [round(sigma, 6) for sigma in levels]

@@ -116,6 +116,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 # trained 11.9-12.3 s on moons against RUN's 12.4-12.8 s, side by side, and the dino 10.3-10.4 s
 # against 10.7-10.8 s), a gentler rate and a longer EMA for the fine-tuning
 CONSISTENCY_DEFAULTS = {"num_epochs": 100, "learning_rate": 1e-3, "ema_decay": 0.999}
+CONSISTENCY_STEPS = (1, 2, 4, 8)  # the step counts whose levels a consistency run searches, keeps
+
+
+def one_of(items) -> str:
+    """ "1, 2, 4 or 8" of items."""
+    *rest, last = map(str, items)
+    return f"{', '.join(rest)} or {last}" if rest else last
 
 
 def build_parser(choices: dict) -> ArgumentParser:
@@ -431,10 +438,11 @@ def build_parser(choices: dict) -> ArgumentParser:
         default=None,
         metavar="RUN",
         help="fine-tune this edm run's denoiser (a run folder or its model.pth) into a "
-        "consistency model, distilled from the run's own ODE (10000 chains from sigma_max, their "
-        "ends the targets at 9 levels), for sampling in 1-8 network evaluations "
-        "(--num_inference_steps, sampler consistency, on levels the run searches and keeps); "
-        "its defaults: "
+        "consistency model, distilled from the run's own ODE (chains from sigma_max, their ends "
+        "the targets at fixed levels), for sampling in "
+        + one_of(CONSISTENCY_STEPS)
+        + " network evaluations (--num_inference_steps, sampler consistency, on levels the run "
+        "searches and keeps); its defaults: "
         + ", ".join(f"--{key} {value:g}" for key, value in CONSISTENCY_DEFAULTS.items()),
     )
     run.add_argument(
@@ -570,6 +578,12 @@ def check_grid(config: dict, sampling: dict) -> None:
     grid, steps = sampling["grid"], sampling["num_inference_steps"]
     if grid == "stored" and not config["consistency"]:
         raise UsageError("--grid stored is a consistency run's: give --consistency RUN")
+    kept = list(config["consistency_sigmas"] or CONSISTENCY_STEPS)  # what it keeps, or will
+    if grid == "stored" and str(steps) not in map(str, kept):  # it learned only those levels
+        raise UsageError(
+            f"--num_inference_steps {steps}: a consistency run samples on the levels it "
+            f"searched, for {one_of(kept)} steps; or give --grid karras"
+        )
     if grid == "timesteps" and config["method"] != "ddpm":
         raise UsageError(f"--grid timesteps needs --method ddpm, got --method {config['method']}")
     if grid == "timesteps" and sampling["sampler"] == "heun":

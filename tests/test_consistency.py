@@ -131,7 +131,7 @@ def test_a_consistency_run_stores_its_levels_resumes_and_samples_again(tmp_path,
     assert config["consistency"] == str(tmp_path / "t" / "model.pth")
     assert config["method"] == "edm" and config["learning_rate"] == 1e-3  # its own defaults
     assert whole["config"]["consistency_sigmas"] == config["consistency_sigmas"]
-    learned = ddpm.learned_levels(config["sigma_max"])
+    learned = ddpm.learned_levels(gaussian_consistency())  # sigma_min 0.002, sigma_max 10
     for steps, levels in config["consistency_sigmas"].items():  # from sigma_max, levels it learned
         assert len(levels) == int(steps) and levels[0] == config["sigma_max"]
         assert set(levels) <= set(learned) and levels == sorted(set(levels), reverse=True)
@@ -167,12 +167,45 @@ def test_resuming_a_consistency_run_of_ect_is_a_one_line_error(tmp_path, monkeyp
     assert "trained by ECT" in err
 
 
+def test_the_learned_levels_lie_between_sigma_min_and_sigma_max():
+    method = gaussian_consistency()
+    assert ddpm.learned_levels(method) == [10.0, 2.0, 1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02]
+    method.sigma_min, method.sigma_max = 0.05, 80.0  # never a step up, nor one of length 0
+    assert ddpm.learned_levels(method) == [80.0, 10.0, 2.0, 1.0, 0.5, 0.3, 0.2, 0.1]
+
+
+def test_a_share_of_the_teacher_chains_is_the_unconditional_odes(teachers):
+    # classifier-free guidance's null class learns the unconditional ODE's ends, from the whole
+    # data's start, not the average of the classes' ends
+    checkpoint = torch.load(teachers / "c" / "model.pth")
+    paths, config = checkpoint["trajectories"], checkpoint["config"]
+    null = paths["c"] == 2  # moons: classes 0 and 1, then the null class
+    assert null.float().mean().item() == pytest.approx(config["cond_drop_prob"], abs=0.01)
+    assert {0, 1} <= set(paths["c"][~null].tolist())
+
+
+def test_going_on_from_a_consistency_checkpoint_keeps_its_teachers_chains(
+    teachers, tmp_path, monkeypatch
+):
+    def redraw(run):
+        raise AssertionError("the chains were drawn again, from the consistency model itself")
+
+    monkeypatch.setattr(ddpm, "teacher_trajectories", redraw)
+    more = ["--checkpoint", str(teachers / "c"), "--num_epochs", "1", "--experiment_name", "more"]
+    assert ddpm.main(run_args(tmp_path, *more)) == 0
+    kept = torch.load(tmp_path / "more" / "model.pth")["trajectories"]
+    assert torch.equal(kept["end"], torch.load(teachers / "c" / "model.pth")["trajectories"]["end"])
+
+
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
-    """A folder with two tiny runs of moons: t, an edm run, and f, a flow run."""
+    """A folder with three tiny runs of moons: t, an edm run, f, a flow run, and c, t's
+    consistency model."""
     folder = tmp_path_factory.mktemp("teachers")
     assert ddpm.main(run_args(folder, "--experiment_name", "t")) == 0
     assert ddpm.main(run_args(folder, "--experiment_name", "f", "--method", "flow")) == 0
+    consistency = ["--experiment_name", "c", "--consistency", str(folder / "t")]
+    assert ddpm.main(run_args(folder, *consistency)) == 0
     return folder
 
 
@@ -186,12 +219,17 @@ def teachers(tmp_path_factory):
         (["--consistency", "{t}", "--reflow", "{t}"], "--reflow and --consistency"),
         (["--consistency", "{t}", "--checkpoint", "{t}/model.pth"], "drop --checkpoint"),
         (["--grid", "stored"], "--grid stored is a consistency run's"),
+        (["--consistency", "{c}"], "RUN is a consistency model; give its teacher"),
+        (
+            ["--checkpoint", "{c}", "--num_epochs", "0", "--num_inference_steps", "3"],
+            "for 1, 2, 4 or 8",
+        ),
     ],
 )
 def test_a_bad_consistency_run_is_a_one_line_error_before_any_work(
     teachers, tmp_path, capsys, args, message
 ):
-    args = [arg.format(t=teachers / "t", f=teachers / "f") for arg in args]
+    args = [arg.format(t=teachers / "t", f=teachers / "f", c=teachers / "c") for arg in args]
     with pytest.raises(SystemExit) as refused:
         ddpm.main([*run_args(tmp_path, "--experiment_name", "ct"), *args])
     err = capsys.readouterr().err

@@ -49,14 +49,14 @@ def test_no_module_imports_one_that_imports_it_back():
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
-def test_ddpm_py_is_at_most_990_lines_with_the_loop_under_its_banner():
+def test_ddpm_py_is_at_most_1000_lines_with_the_loop_under_its_banner():
     # 750 for DDPM, flow matching and EDM; 100 more for reflow (Liu et al. 2023) and the
-    # normalised blocks and directional embedding of the MLP; 105 for consistency models (70 for
-    # ECT's, 35 more for distilling the teacher's own chains in its place); 20 for
+    # normalised blocks and directional embedding of the MLP; 115 for consistency models (the
+    # teacher's own chains, distilled, and the search of the levels to sample on); 20 for
     # the frames on a second thread; 15 for EDM's stable target (Xu et al. 2023); 1 for a Ctrl-C
     # that comes after training: the run is scored and saved first
     lines = (PROJECT_DIR / "ddpm.py").read_text().splitlines()
-    assert len(lines) <= 990
+    assert len(lines) <= 1000
     banner = next(
         i for i, line in enumerate(lines) if line.startswith("# ---") and "Training loop" in line
     )
