@@ -536,6 +536,10 @@ def check_command_line(parser: argparse.ArgumentParser, argv) -> tuple[dict, dic
         raise UsageError("--reflow and --consistency train two different students: give one")
     if config["consistency"] and config["checkpoint"]:
         raise UsageError("--consistency RUN starts from RUN's model: drop --checkpoint")
+    unused = [f"--{key}" for key in ("P_mean", "P_std") if key in explicit]
+    unused += ["--no_stable_target"] if "stable_target" in explicit else []
+    if config["consistency"] and unused:  # it trains on the teacher's chains, at fixed levels
+        raise UsageError(f"{unused[0]} sets how RUN trained; --consistency distils RUN's ODE")
     for start in ("checkpoint", "reflow", "consistency"):  # a run folder means its model.pth
         if config[start]:
             path = Path(config[start])

@@ -220,6 +220,7 @@ def teachers(tmp_path_factory):
         (["--consistency", "{t}", "--checkpoint", "{t}/model.pth"], "drop --checkpoint"),
         (["--grid", "stored"], "--grid stored is a consistency run's"),
         (["--consistency", "{c}"], "RUN is a consistency model; give its teacher"),
+        (["--consistency", "{t}", "--P_mean", "-1"], "--P_mean sets how RUN trained"),
         (
             ["--checkpoint", "{c}", "--num_epochs", "0", "--num_inference_steps", "3"],
             "for 1, 2, 4 or 8",
