@@ -113,8 +113,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 # --consistency RUN's own defaults: less time than RUN trained (a step is one forward and
 # backward, as RUN's; the teacher's chains take ~1.2 s and the levels' search ~2 s: 100 epochs
-# trained 11.9-12.3 s on moons against RUN's 12.4-12.8 s, side by side, and the dino 10.3-10.4 s
-# against 10.7-10.8 s), a gentler rate and a longer EMA for the fine-tuning
+# trained 11.8-12.2 s on moons against RUN's 12.6-12.8 s, side by side, and the dino 10.3-10.6 s
+# against 10.6-11.7 s), a gentler rate and a longer EMA for the fine-tuning
 CONSISTENCY_DEFAULTS = {"num_epochs": 100, "learning_rate": 1e-3, "ema_decay": 0.999}
 CONSISTENCY_STEPS = (1, 2, 4, 8)  # the step counts whose levels a consistency run searches, keeps
 
