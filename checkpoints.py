@@ -148,9 +148,8 @@ def restore(run, checkpoint: dict, resume: bool) -> None:
     run.ema.load_state_dict(checkpoint["ema"])
     run.clip_range = checkpoint["clip_range"].to(run.data.device)
     run.teacher = checkpoint.get("teacher")  # a consistency run's (consistency_start)
-    trains = (
-        resume or run.config["num_epochs"] > 0
-    )  # a consistency run's own checkpoint, trained on
+    # a consistency run's own checkpoint (not its teacher's), to be trained on
+    trains = resume or run.config["num_epochs"] > 0
     if checkpoint["config"]["consistency"] and len(checkpoint["losses"]) and trains:
         if "trajectories" not in checkpoint:  # ECT's, which drew none: not to be mixed
             raise options.UsageError(

@@ -120,7 +120,7 @@ CONSISTENCY_STEPS = (1, 2, 4, 8)  # the step counts whose levels a consistency r
 
 
 def one_of(items) -> str:
-    """ "1, 2, 4 or 8" of items."""
+    """The items as a list in words: 1, 2, 4 or 8."""
     *rest, last = map(str, items)
     return f"{', '.join(rest)} or {last}" if rest else last
 
