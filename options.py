@@ -536,10 +536,6 @@ def check_command_line(parser: argparse.ArgumentParser, argv) -> tuple[dict, dic
         raise UsageError("--reflow and --consistency train two different students: give one")
     if config["consistency"] and config["checkpoint"]:
         raise UsageError("--consistency RUN starts from RUN's model: drop --checkpoint")
-    unused = [f"--{key}" for key in ("P_mean", "P_std") if key in explicit]
-    unused += ["--no_stable_target"] if "stable_target" in explicit else []
-    if config["consistency"] and unused:  # it trains on the teacher's chains, at fixed levels
-        raise UsageError(f"{unused[0]} sets how RUN trained; --consistency distils RUN's ODE")
     for start in ("checkpoint", "reflow", "consistency"):  # a run folder means its model.pth
         if config[start]:
             path = Path(config[start])
@@ -561,7 +557,8 @@ def check_command_line(parser: argparse.ArgumentParser, argv) -> tuple[dict, dic
 def check_method_options(parser: argparse.ArgumentParser, config: dict, explicit: dict) -> None:
     """An option of another method's group ("method ddpm", "method flow", "method edm") would be
     ignored: refuse it, once a checkpoint's or teacher's config has said the run's method; and so
-    would DDIM's --eta with another sampler."""
+    would DDIM's --eta with another sampler, and EDM's training levels and target in a
+    consistency run."""
     for group in parser._action_groups:
         method = group.title.removeprefix("method ")
         if method == group.title or method == config["method"]:
@@ -574,6 +571,11 @@ def check_method_options(parser: argparse.ArgumentParser, config: dict, explicit
                 )
     if "eta" in explicit and config["sampler"] != "ddim":
         raise UsageError("--eta is DDIM's: add --sampler ddim")
+    if config.get("consistency"):  # it trains on the teacher's chains, at fixed levels
+        for action in parser._actions:
+            if action.dest in ("P_mean", "P_std", "stable_target") and action.dest in explicit:
+                option = action.option_strings[0]
+                raise UsageError(f"{option} sets how RUN trained; --consistency distils RUN's ODE")
 
 
 def check_grid(config: dict, sampling: dict) -> None:
