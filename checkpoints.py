@@ -103,8 +103,9 @@ def _teacher(run) -> dict:
     return {"teacher": teacher} if teacher else {}
 
 
-def _on_cpu(pairs: dict) -> dict:
-    return {key: value.cpu() if torch.is_tensor(value) else value for key, value in pairs.items()}
+def _on_cpu(part: dict) -> dict:
+    """reflow's pairs or a consistency run's chains, their tensors on the CPU."""
+    return {key: value.cpu() if torch.is_tensor(value) else value for key, value in part.items()}
 
 
 def teacher_config(config: dict, checkpoint: dict) -> dict:
@@ -156,11 +157,9 @@ def restore(run, checkpoint: dict, resume: bool) -> None:
                 "that consistency run was trained by ECT, before --consistency distilled its "
                 "teacher's chains: start it again from its teacher"
             )
-        # its teacher's chains, drawn once: a run goes on from them, not from its own model
-        run.trajectories = {
-            k: v if v is None else v.to(run.data.device)
-            for k, v in checkpoint["trajectories"].items()
-        }
+        # its teacher's chains, drawn once (on the run's device, as load maps them, like reflow's
+        # pairs): a run goes on from them, not from its own model
+        run.trajectories = checkpoint["trajectories"]
     if not resume:
         return
     run.optimizer.load_state_dict(checkpoint["optimizer"])  # its step count sets the learning rate
