@@ -962,7 +962,7 @@ def experiment(config: dict, dataset: datasets.Dataset, checkpoint: dict | None 
         first_bad = int((~(run.losses <= DIVERGED_LOSS)).nonzero()[0])  # NaN compares False
         saved = checkpoints.state_of(run) | {"losses": run.losses[: first_bad + 1].cpu()}
         run_folder.stop_early(out_dir, saved, labels, limits, diverged_at=first_bad)
-    with run_folder.StopOnCtrlC("training is done: scoring and saving it first"):
+    with run_folder.StopOnCtrlC(run_folder.AFTER_TRAINING):
         if not run.frames:  # --num_epochs 0: only sample the checkpoint
             sample_frame(run)
             finish_frames(run)

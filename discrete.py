@@ -351,7 +351,7 @@ def run(config: dict, dataset: datasets.Dataset, checkpoint: dict | None = None)
         first_bad = int((~(state.losses <= ddpm.DIVERGED_LOSS)).nonzero()[0])
         saved = checkpoints.state_of(state) | {"losses": state.losses[: first_bad + 1].cpu()}
         run_folder.stop_early(out_dir, saved, labels, state.plot_limits, first_bad, "discrete.py")
-    with run_folder.StopOnCtrlC("training is done: scoring and saving it first"):
+    with run_folder.StopOnCtrlC(run_folder.AFTER_TRAINING):
         if not state.frames:  # --num_epochs 0: only sample the checkpoint
             sample_frame(state)
         tic, seed = time.perf_counter(), config["seed"]

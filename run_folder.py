@@ -32,6 +32,10 @@ OUTPUT_FILES = (
 )
 
 
+# what a Ctrl-C does once training is over (ddpm.py's and discrete.py's runs)
+AFTER_TRAINING = "training is done: scoring and saving it first"
+
+
 class StopOnCtrlC:
     """The first Ctrl-C asks training to stop after this epoch, so the saved state is whole; after
     training (doing: what is left to do), it lets the run be scored and saved first."""
